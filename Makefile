@@ -1,0 +1,51 @@
+# Every target sets itself up: the first `make <anything>` on a fresh clone creates .venv and installs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS ?= train,serve,monitor,dev
+export PATH := $(abspath $(BIN)):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: help install demo test test-fast lint format bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+# torch is pinned in requirements/train.txt; pip's find-links (/opt/wheels on these machines, or the
+# PyTorch CPU index elsewhere) supply the CPU build. lock.txt constrains the whole dependency tree.
+$(STAMP): pyproject.toml requirements/*.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --no-compile -c requirements/lock.txt -e ".[$(EXTRAS)]"
+	@touch $@
+
+install: $(STAMP)  ## create .venv and install paperops with all extras
+
+demo: $(STAMP)  ## run the pipeline end to end on the dev data (dvc repro: only what changed)
+	dvc repro
+	@echo; cat data/processed/data_card.md | head -40
+	@echo; cat reports/data/validation.json | head -5
+
+test: $(STAMP)  ## run the whole test suite
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  ## unit tests only
+	$(BIN)/python -m pytest -q tests/unit
+
+lint: $(STAMP)  ## ruff lint + format check
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: $(STAMP)  ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+bench: $(STAMP)  ## run the benchmarks and rewrite docs/benchmarks.md
+	$(BIN)/python benchmarks/run.py
+
+clean:  ## remove generated outputs (keeps .venv)
+	rm -rf data reports outputs multirun .pytest_cache .ruff_cache

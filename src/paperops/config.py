@@ -1,0 +1,47 @@
+"""Load the Hydra configuration tree from the CLI without Hydra taking over the process.
+
+The Typer CLI composes configs with Hydra's compose API, so every command accepts the same
+`key=value` overrides as a `@hydra.main` script (`paperops data prepare data.min_count=20`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config could not be composed: bad override, unknown group option, missing key."""
+
+
+def config_dir() -> Path:
+    """$PAPEROPS_CONFIG_DIR, else ./configs of a checkout, else the copy shipped in the wheel."""
+    candidates = []
+    if env := os.environ.get("PAPEROPS_CONFIG_DIR"):
+        candidates.append(Path(env))
+    candidates += [
+        Path.cwd() / "configs",
+        Path(__file__).parent / "configs",  # installed wheel (force-include)
+        Path(__file__).resolve().parents[2] / "configs",  # editable install from a checkout
+    ]
+    for c in candidates:
+        if (c / "config.yaml").is_file():
+            return c.resolve()
+    raise ConfigError(f"no config.yaml found; looked in: {', '.join(map(str, candidates))}")
+
+
+def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    """Compose the config with Hydra overrides and resolve every interpolation up front."""
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            cfg = compose(config_name, overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"invalid configuration (overrides: {list(overrides)}): {e}") from e
+    return cfg

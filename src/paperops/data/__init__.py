@@ -1,0 +1,1 @@
+"""Data: sources, taxonomy, preparation and validation."""
