@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from paperops import __version__
 from paperops.config import ConfigError, load_config
+from paperops.data.harvest import DEFAULT_BASE_URL
 from paperops.data.errors import DataError
 from paperops.log import setup_logging
 
@@ -132,8 +133,7 @@ def data_validate(
 @data_app.command("harvest")
 def data_harvest(
     out: Annotated[Path, typer.Option(help="Output JSON-lines file (Kaggle snapshot format).")],
-    base_url: Annotated[str, typer.Option(help="OAI-PMH endpoint.")] =
-        "https://oaipmh.arxiv.org/oai",
+    base_url: Annotated[str, typer.Option(help="OAI-PMH endpoint.")] = DEFAULT_BASE_URL,
     metadata_prefix: Annotated[str, typer.Option(help="arXivRaw or arXiv.")] = "arXivRaw",
     set_spec: Annotated[str | None, typer.Option("--set", help="OAI set, e.g. cs or "
                                                  "physics:quant-ph.")] = None,
@@ -148,10 +148,16 @@ def data_harvest(
     """Harvest arXiv metadata over OAI-PMH into JSON lines; resumes where an earlier run stopped."""
     from paperops.data.harvest import HarvestError, harvest
 
+    def progress(pages: int, total: int) -> None:
+        log.info("page %d: %d records in %s", pages, total, out)
+
     try:
         result = harvest(base_url, out, metadata_prefix=metadata_prefix, set_spec=set_spec,
                          from_date=from_date, until_date=until_date, max_records=max_records,
-                         min_interval_s=min_interval, max_retries=max_retries, restart=restart)
+                         min_interval_s=min_interval, max_retries=max_retries, restart=restart,
+                         on_page=progress)
+    except ValueError as e:
+        raise _fail(str(e)) from None
     except HarvestError as e:
         raise _fail(str(e), code=1) from None
     state = "complete" if result.complete else "incomplete (run again to continue)"

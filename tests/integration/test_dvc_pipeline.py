@@ -1,0 +1,94 @@
+"""`dvc repro` runs prepare -> validate offline, skips unchanged stages, and stops on bad data.
+
+Runs the repo's real dvc.yaml and configs in a scratch git repo whose ../shared holds a small file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CLASSES = {"cs.LG": "neural network training gradient", "hep-th": "string theory brane duality",
+           "astro-ph.GA": "galaxy stellar halo dwarf", "math.AG": "algebraic variety scheme sheaf"}
+
+
+def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PAPEROPS_SHARED": str(cwd.parent / "shared")}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    raw = tmp_path / "shared" / "data" / "arxiv" / "arxiv-metadata.jsonl.gz"
+    raw.parent.mkdir(parents=True)
+    with gzip.open(raw, "wt") as f:
+        for i in range(400):
+            cat = list(CLASSES)[i % 4]
+            f.write(json.dumps({
+                "id": f"2101.{i:05d}", "title": f"Paper {i} on {CLASSES[cat].split()[0]}",
+                "abstract": f"We study {CLASSES[cat]} in setting {i}, with results {i * 7}.",
+                "categories": cat, "update_date": f"2021-01-{1 + i % 28:02d}"}) + "\n")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "configs", "src", ".dvc/config", ".dvcignore"):
+        src, dst = REPO / name, repo / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    params = repo / "configs" / "data" / "arxiv.yaml"
+    cfg = yaml.safe_load(params.read_text())
+    cfg["min_count"] = 20
+    cfg["validation"]["min_rows_total"] = 100
+    params.write_text(yaml.safe_dump(cfg))
+    _run(["git", "init", "-q"], repo)
+    return repo
+
+
+def test_repro_runs_then_skips_then_reacts_to_params(project: Path) -> None:
+    first = _run([sys.executable, "-m", "dvc", "repro"], project)
+    assert "Running stage 'prepare'" in first.stdout and "Running stage 'validate'" in first.stdout
+    assert (project / "data" / "processed" / "train.parquet").is_file()
+    assert json.loads((project / "reports/data/validation.json").read_text())["ok"] is True
+
+    again = _run([sys.executable, "-m", "dvc", "repro"], project)
+    assert "Running stage" not in again.stdout
+    assert "didn't change, skipping" in again.stdout
+
+    params = project / "configs" / "data" / "arxiv.yaml"
+    cfg = yaml.safe_load(params.read_text())
+    cfg["fractions"] = {"train": 0.6, "val": 0.2, "calibration": 0.1, "test": 0.1}
+    params.write_text(yaml.safe_dump(cfg))
+    third = _run([sys.executable, "-m", "dvc", "repro"], project)
+    assert "Running stage 'prepare'" in third.stdout
+
+    # The local default remote works offline: push, lose the outputs, pull them back.
+    _run([sys.executable, "-m", "dvc", "push"], project)
+    shutil.rmtree(project / "data")
+    _run([sys.executable, "-m", "dvc", "pull"], project)
+    assert (project / "data" / "processed" / "labels.json").is_file()
+
+
+def test_validation_failure_stops_the_pipeline(project: Path) -> None:
+    params = project / "configs" / "data" / "arxiv.yaml"
+    cfg = yaml.safe_load(params.read_text())
+    cfg["validation"]["min_rows_total"] = 10**6
+    params.write_text(yaml.safe_dump(cfg))
+    proc = _run([sys.executable, "-m", "dvc", "repro"], project, check=False)
+    assert proc.returncode != 0
+    report = json.loads((project / "reports/data/validation.json").read_text())
+    assert [v["rule"] for v in report["violations"]] == ["min_rows_total"]
+    assert "min_rows_total" in proc.stderr + proc.stdout
