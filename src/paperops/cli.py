@@ -16,22 +16,29 @@ from omegaconf import OmegaConf
 
 from paperops import __version__
 from paperops.config import ConfigError, load_config
-from paperops.data.harvest import DEFAULT_BASE_URL
 from paperops.data.errors import DataError
+from paperops.data.harvest import DEFAULT_BASE_URL
 from paperops.log import setup_logging
 
 log = logging.getLogger("paperops")
 
-app = typer.Typer(help="paperops: classify papers into arXiv categories and generate scientific "
-                  "text, with the whole MLOps lifecycle around both.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="paperops: classify papers into arXiv categories and generate scientific "
+    "text, with the whole MLOps lifecycle around both.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 data_app = typer.Typer(help="Ingest, prepare and validate data.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect the composed configuration.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 
-Overrides = Annotated[list[str] | None, typer.Argument(
-    help="Hydra overrides, e.g. data.min_count=20 data.split=time", show_default=False)]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Hydra overrides, e.g. data.min_count=20 data.split=time", show_default=False
+    ),
+]
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -54,12 +61,19 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_callback(
-    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ERROR "
-                                                  "(default: $PAPEROPS_LOG_LEVEL or INFO)")] = None,
-    log_format: Annotated[str | None, typer.Option(help="console or json "
-                                                   "(default: $PAPEROPS_LOG_FORMAT or console)")] = None,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Show the version and exit.")] = False,
+    log_level: Annotated[
+        str | None,
+        typer.Option(help="DEBUG, INFO, WARNING, ERROR (default: $PAPEROPS_LOG_LEVEL or INFO)"),
+    ] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="console or json (default: $PAPEROPS_LOG_FORMAT or console)")
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
 ) -> None:
     try:
         setup_logging(log_level, log_format)
@@ -76,25 +90,39 @@ def config_show(overrides: Overrides = None) -> None:
 @data_app.command("prepare")
 def data_prepare(
     overrides: Overrides = None,
-    on_error: Annotated[str | None, typer.Option(
-        help="raise: stop at the first bad line; skip: drop bad lines and report them "
-             "(default: data.on_error)")] = None,
+    on_error: Annotated[
+        str | None,
+        typer.Option(
+            help="raise: stop at the first bad line; skip: drop bad lines and report them "
+            "(default: data.on_error)"
+        ),
+    ] = None,
 ) -> None:
     """Clean, label, de-duplicate and split raw arXiv metadata into parquet + labels.json + card."""
     from paperops.data.prepare import PrepareConfig, prepare
 
     cfg = _config(overrides).data
     try:
-        result = prepare(PrepareConfig(
-            raw_path=Path(cfg.raw_path), output_dir=Path(cfg.output_dir),
-            label_level=cfg.label_level, min_count=cfg.min_count, split=cfg.split,
-            fractions=dict(cfg.fractions), seed=cfg.seed, on_error=on_error or cfg.on_error,
-            limits=dict(cfg.limits), max_examples=cfg.validation.max_examples,
-        ))
+        result = prepare(
+            PrepareConfig(
+                raw_path=Path(cfg.raw_path),
+                output_dir=Path(cfg.output_dir),
+                label_level=cfg.label_level,
+                min_count=cfg.min_count,
+                split=cfg.split,
+                fractions=dict(cfg.fractions),
+                seed=cfg.seed,
+                on_error=on_error or cfg.on_error,
+                limits=dict(cfg.limits),
+                max_examples=cfg.validation.max_examples,
+            )
+        )
     except (DataError, ValueError) as e:
         raise _fail(str(e)) from None
-    typer.echo(f"prepared {sum(result.counts.values()):,} papers, {len(result.labels)} labels "
-               f"-> {result.output_dir} ({result.seconds:.1f} s)")
+    typer.echo(
+        f"prepared {sum(result.counts.values()):,} papers, {len(result.labels)} labels "
+        f"-> {result.output_dir} ({result.seconds:.1f} s)"
+    )
     typer.echo("  " + ", ".join(f"{k}={v:,}" for k, v in result.counts.items()))
     if result.dropped:
         typer.echo("  dropped: " + ", ".join(f"{k}={v:,}" for k, v in result.dropped.items()))
@@ -104,9 +132,13 @@ def data_prepare(
 @data_app.command("validate")
 def data_validate(
     overrides: Overrides = None,
-    raw: Annotated[Path | None, typer.Option(
-        help="Validate this raw JSON-lines file instead of the processed splits "
-             "(reports every bad line; writes nothing).")] = None,
+    raw: Annotated[
+        Path | None,
+        typer.Option(
+            help="Validate this raw JSON-lines file instead of the processed splits "
+            "(reports every bad line; writes nothing)."
+        ),
+    ] = None,
 ) -> None:
     """Check processed splits (or a raw file) against the data rules; exit 1 on any violation."""
     from paperops.data.validate import validate_processed, validate_raw, write_report
@@ -117,15 +149,18 @@ def data_validate(
             report = validate_raw(raw, max_examples=cfg.validation.max_examples)
         else:
             report = validate_processed(
-                Path(cfg.output_dir), dict(cfg.limits),
+                Path(cfg.output_dir),
+                dict(cfg.limits),
                 min_rows_total=cfg.validation.min_rows_total,
                 min_train_rows_per_class=cfg.validation.min_train_rows_per_class,
-                max_examples=cfg.validation.max_examples)
+                max_examples=cfg.validation.max_examples,
+            )
             write_report(report, Path(cfg.validation.report_path))
     except (FileNotFoundError, DataError, ValueError, json.JSONDecodeError) as e:
         raise _fail(str(e)) from None
-    typer.secho(report.render(), fg=typer.colors.GREEN if report.ok else typer.colors.RED,
-                err=not report.ok)
+    typer.secho(
+        report.render(), fg=typer.colors.GREEN if report.ok else typer.colors.RED, err=not report.ok
+    )
     if not report.ok:
         raise typer.Exit(1)
 
@@ -135,13 +170,15 @@ def data_harvest(
     out: Annotated[Path, typer.Option(help="Output JSON-lines file (Kaggle snapshot format).")],
     base_url: Annotated[str, typer.Option(help="OAI-PMH endpoint.")] = DEFAULT_BASE_URL,
     metadata_prefix: Annotated[str, typer.Option(help="arXivRaw or arXiv.")] = "arXivRaw",
-    set_spec: Annotated[str | None, typer.Option("--set", help="OAI set, e.g. cs or "
-                                                 "physics:quant-ph.")] = None,
+    set_spec: Annotated[
+        str | None, typer.Option("--set", help="OAI set, e.g. cs or physics:quant-ph.")
+    ] = None,
     from_date: Annotated[str | None, typer.Option("--from", help="YYYY-MM-DD")] = None,
     until_date: Annotated[str | None, typer.Option("--until", help="YYYY-MM-DD")] = None,
     max_records: Annotated[int | None, typer.Option(help="Stop after about this many.")] = None,
-    min_interval: Annotated[float, typer.Option(help="Seconds between requests (arXiv asks "
-                                                "for 3).")] = 3.0,
+    min_interval: Annotated[
+        float, typer.Option(help="Seconds between requests (arXiv asks for 3).")
+    ] = 3.0,
     max_retries: Annotated[int, typer.Option(help="Retries per request on 503/5xx/timeouts.")] = 5,
     restart: Annotated[bool, typer.Option(help="Ignore saved progress and start over.")] = False,
 ) -> None:
@@ -152,18 +189,28 @@ def data_harvest(
         log.info("page %d: %d records in %s", pages, total, out)
 
     try:
-        result = harvest(base_url, out, metadata_prefix=metadata_prefix, set_spec=set_spec,
-                         from_date=from_date, until_date=until_date, max_records=max_records,
-                         min_interval_s=min_interval, max_retries=max_retries, restart=restart,
-                         on_page=progress)
+        result = harvest(
+            base_url,
+            out,
+            metadata_prefix=metadata_prefix,
+            set_spec=set_spec,
+            from_date=from_date,
+            until_date=until_date,
+            max_records=max_records,
+            min_interval_s=min_interval,
+            max_retries=max_retries,
+            restart=restart,
+            on_page=progress,
+        )
     except ValueError as e:
         raise _fail(str(e)) from None
     except HarvestError as e:
         raise _fail(str(e), code=1) from None
     state = "complete" if result.complete else "incomplete (run again to continue)"
-    typer.echo(f"harvested {result.records_written:,} records this run, "
-               f"{result.total_records:,} in {out}; {state}"
-               + (" [resumed]" if result.resumed else ""))
+    typer.echo(
+        f"harvested {result.records_written:,} records this run, "
+        f"{result.total_records:,} in {out}; {state}" + (" [resumed]" if result.resumed else "")
+    )
 
 
 def main() -> None:

@@ -47,6 +47,13 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     if path.exists():
         old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
         os.replace(path, old / "x")
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None:  # put the previous output back rather than leave nothing
+            os.replace(old / "x", path)
+            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -1,6 +1,7 @@
 """One logging setup for every entry point: human-readable on a terminal, JSON lines for machines.
 
-Level: argument > $PAPEROPS_LOG_LEVEL > INFO. Format: argument > $PAPEROPS_LOG_FORMAT ("console"|"json").
+Level: argument > $PAPEROPS_LOG_LEVEL > INFO.
+Format: argument > $PAPEROPS_LOG_FORMAT ("console"|"json").
 """
 
 from __future__ import annotations
@@ -45,9 +46,13 @@ def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
     else:
+        from rich.console import Console
         from rich.logging import RichHandler
 
-        handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+        # stderr, like the json format: stdout is for command output (e.g. `config show > x.yaml`)
+        handler = RichHandler(
+            console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False
+        )
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s", datefmt="[%X]"))
     handler._paperops = True  # type: ignore[attr-defined]
     root = logging.getLogger()

@@ -1,4 +1,4 @@
-"""Where the shared dev data lives. Missing data skips, unless CI demands it (PAPEROPS_REQUIRE_DATA=1)."""
+"""Where the dev data lives. Missing data skips, unless CI sets PAPEROPS_REQUIRE_DATA=1."""
 
 from __future__ import annotations
 

@@ -19,13 +19,20 @@ import yaml
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-CLASSES = {"cs.LG": "neural network training gradient", "hep-th": "string theory brane duality",
-           "astro-ph.GA": "galaxy stellar halo dwarf", "math.AG": "algebraic variety scheme sheaf"}
+CLASSES = {
+    "cs.LG": "neural network training gradient",
+    "hep-th": "string theory brane duality",
+    "astro-ph.GA": "galaxy stellar halo dwarf",
+    "math.AG": "algebraic variety scheme sheaf",
+}
 
 
 def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PAPEROPS_SHARED": str(cwd.parent / "shared")}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PAPEROPS_SHARED": str(cwd.parent / "shared"),
+    }
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -39,10 +46,18 @@ def project(tmp_path: Path) -> Path:
     with gzip.open(raw, "wt") as f:
         for i in range(400):
             cat = list(CLASSES)[i % 4]
-            f.write(json.dumps({
-                "id": f"2101.{i:05d}", "title": f"Paper {i} on {CLASSES[cat].split()[0]}",
-                "abstract": f"We study {CLASSES[cat]} in setting {i}, with results {i * 7}.",
-                "categories": cat, "update_date": f"2021-01-{1 + i % 28:02d}"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"2101.{i:05d}",
+                        "title": f"Paper {i} on {CLASSES[cat].split()[0]}",
+                        "abstract": f"We study {CLASSES[cat]} in setting {i}, with result {i * 7}.",
+                        "categories": cat,
+                        "update_date": f"2021-01-{1 + i % 28:02d}",
+                    }
+                )
+                + "\n"
+            )
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in ("dvc.yaml", "configs", "src", ".dvc/config", ".dvcignore"):

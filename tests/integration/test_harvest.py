@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.fakes.oai_server import FakeOAIServer, FakeRecord, Fault
 
 from paperops.data.harvest import HarvestError, harvest, state_path_for
+from tests.fakes.oai_server import FakeOAIServer, FakeRecord, Fault
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 

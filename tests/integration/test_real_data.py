@@ -18,18 +18,38 @@ pytestmark = pytest.mark.integration
 # Primary-category counts per archive from PROVENANCE.md, after mapping legacy names and the
 # cs.SY -> eess.SY alias (one paper moves from cs to eess).
 EXPECTED_ARCHIVE_COUNTS = {
-    "cs": 41786, "cond-mat": 25769, "quant-ph": 21235, "astro-ph": 10093, "math": 3252,
-    "gr-qc": 3213, "eess": 2837, "hep-th": 2191, "physics": 962, "math-ph": 582, "hep-ph": 295,
-    "q-bio": 231, "nlin": 219, "stat": 217, "nucl-th": 138,
+    "cs": 41786,
+    "cond-mat": 25769,
+    "quant-ph": 21235,
+    "astro-ph": 10093,
+    "math": 3252,
+    "gr-qc": 3213,
+    "eess": 2837,
+    "hep-th": 2191,
+    "physics": 962,
+    "math-ph": 582,
+    "hep-ph": 295,
+    "q-bio": 231,
+    "nlin": 219,
+    "stat": 217,
+    "nucl-th": 138,
 }
 RARE_ARCHIVES = {"hep-ex": 35, "q-fin": 28, "nucl-ex": 26, "hep-lat": 20, "econ": 11}
 
 
 def _prepare(arxiv_path: Path, out: Path, *overrides: str) -> PrepareConfig:
     d = load_config([f"data.raw_path={arxiv_path}", f"data.output_dir={out}", *overrides]).data
-    cfg = PrepareConfig(raw_path=d.raw_path, output_dir=d.output_dir, label_level=d.label_level,
-                        min_count=d.min_count, split=d.split, fractions=dict(d.fractions),
-                        seed=d.seed, on_error=d.on_error, limits=dict(d.limits))
+    cfg = PrepareConfig(
+        raw_path=d.raw_path,
+        output_dir=d.output_dir,
+        label_level=d.label_level,
+        min_count=d.min_count,
+        split=d.split,
+        fractions=dict(d.fractions),
+        seed=d.seed,
+        on_error=d.on_error,
+        limits=dict(d.limits),
+    )
     prepare(cfg)
     return cfg
 
@@ -67,9 +87,12 @@ def test_splits_stratified_without_overlap(archive_dir: Path) -> None:
 
 def test_validation_passes_on_real_data(archive_dir: Path) -> None:
     d = load_config().data
-    report = validate_processed(archive_dir, dict(d.limits),
-                                min_rows_total=d.validation.min_rows_total,
-                                min_train_rows_per_class=d.validation.min_train_rows_per_class)
+    report = validate_processed(
+        archive_dir,
+        dict(d.limits),
+        min_rows_total=d.validation.min_rows_total,
+        min_train_rows_per_class=d.validation.min_train_rows_per_class,
+    )
     assert report.ok, report.render()
     assert report.rows == sum(EXPECTED_ARCHIVE_COUNTS.values())
 
@@ -80,7 +103,8 @@ def test_category_level_drops_archive_only_labels(arxiv_path: Path, tmp_path: Pa
     meta = json.loads((tmp_path / "cat" / "labels.json").read_text())
     # archive-only primaries in the file: cond-mat, astro-ph, physics, math, nlin, cs, q-bio
     assert stats["dropped"]["coarse_label_at_category_level"] == (
-        24258 + 438 + 324 + 133 + 113 + 70 + 15)
+        24258 + 438 + 324 + 133 + 113 + 70 + 15
+    )
     labels = {e["label"] for e in meta["labels"]}
     assert {"cs.CV", "cs.CL", "quant-ph", "astro-ph.GA", "nlin.CD"} <= labels
     assert "cond-mat" not in labels and "chao-dyn" not in labels

@@ -46,12 +46,17 @@ def render_card(meta: dict[str, Any], stats: dict[str, Any]) -> str:
     if not dropped:
         out.append("| (none) | 0 | |")
     if stats["rare_classes"]:
-        rare = ", ".join(f"`{k}` ({v})" for k, v in sorted(stats["rare_classes"].items(),
-                                                            key=lambda kv: -kv[1]))
+        rare = ", ".join(
+            f"`{k}` ({v})" for k, v in sorted(stats["rare_classes"].items(), key=lambda kv: -kv[1])
+        )
         out += ["", f"Classes dropped for having fewer than {meta['min_count']} papers: {rare}."]
-    out += ["", "## Rows per class and split", "",
-            "| label | name | " + " | ".join(SPLITS) + " | total |",
-            "|---|---|" + "---:|" * (len(SPLITS) + 1)]
+    out += [
+        "",
+        "## Rows per class and split",
+        "",
+        "| label | name | " + " | ".join(SPLITS) + " | total |",
+        "|---|---|" + "---:|" * (len(SPLITS) + 1),
+    ]
     per = stats["per_split"]
     for entry in sorted(meta["labels"], key=lambda e: -e["count"]):
         lab = entry["label"]
@@ -59,6 +64,10 @@ def render_card(meta: dict[str, Any], stats: dict[str, Any]) -> str:
         out.append(f"| `{lab}` | {entry['name']} | {cells} | {entry['count']:,} |")
     totals = " | ".join(f"**{sum(per[s].values()):,}**" for s in SPLITS)
     out.append(f"| **total** | | {totals} | **{stats['rows_out']:,}** |")
-    out += ["", "Label caveats: see the source's PROVENANCE.md (e.g. rows from archive-only feeds "
-            "carry archive-level labels; `update_date` means different things per source).", ""]
+    out += [
+        "",
+        "Label caveats: see the source's PROVENANCE.md (e.g. rows from archive-only feeds "
+        "carry archive-level labels; `update_date` means different things per source).",
+        "",
+    ]
     return "\n".join(out)

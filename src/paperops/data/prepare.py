@@ -1,4 +1,6 @@
-"""Raw arXiv records -> clean, labelled, de-duplicated, split data (parquet + labels.json + data card).
+"""Raw arXiv records -> clean, labelled, de-duplicated, split data.
+
+Outputs: parquet per split + labels.json + stats.json + data card.
 
 Order matters and is deliberate: validate raw rows, clean, label, length bounds, dedupe (by id, then
 by normalised text), drop rare classes, and only then split, so a duplicate can never straddle
@@ -44,27 +46,37 @@ class PrepareConfig:
     )
     seed: int = 42
     on_error: OnError = "raise"
-    limits: dict[str, int] = field(default_factory=lambda: {
-        "title_min_chars": 5, "title_max_chars": 500,
-        "abstract_min_chars": 40, "abstract_max_chars": 6000,
-    })
+    limits: dict[str, int] = field(
+        default_factory=lambda: {
+            "title_min_chars": 5,
+            "title_max_chars": 500,
+            "abstract_min_chars": 40,
+            "abstract_max_chars": 6000,
+        }
+    )
     max_examples: int = 5
 
     def __post_init__(self) -> None:
         self.raw_path, self.output_dir = Path(self.raw_path), Path(self.output_dir)
         if self.label_level not in taxonomy.LABEL_LEVELS:
-            raise ValueError(f"label_level must be one of {list(taxonomy.LABEL_LEVELS)}, "
-                             f"got {self.label_level!r}")
+            raise ValueError(
+                f"label_level must be one of {list(taxonomy.LABEL_LEVELS)}, "
+                f"got {self.label_level!r}"
+            )
         if self.split not in ("stratified", "time"):
             raise ValueError(f"split must be 'stratified' or 'time', got {self.split!r}")
         if set(self.fractions) != set(SPLITS):
-            raise ValueError(f"fractions must have exactly the keys {list(SPLITS)}, "
-                             f"got {sorted(self.fractions)}")
-        if any(f <= 0 for f in self.fractions.values()) or abs(sum(self.fractions.values()) - 1) > 1e-6:
+            raise ValueError(
+                f"fractions must have exactly the keys {list(SPLITS)}, got {sorted(self.fractions)}"
+            )
+        fracs = self.fractions.values()
+        if any(f <= 0 for f in fracs) or abs(sum(fracs) - 1) > 1e-6:
             raise ValueError(f"fractions must be positive and sum to 1, got {dict(self.fractions)}")
         if self.min_count < len(SPLITS):
-            raise ValueError(f"min_count must be >= {len(SPLITS)} so every split can hold every "
-                             f"class, got {self.min_count}")
+            raise ValueError(
+                f"min_count must be >= {len(SPLITS)} so every split can hold every "
+                f"class, got {self.min_count}"
+            )
 
 
 @dataclass
@@ -92,13 +104,19 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
             detail = "\n".join(
                 f"  [{v.rule}] {v.where}: {v.message} ({v.count} rows), e.g. "
                 + "; ".join(f"{cfg.raw_path} {ex}" for ex in v.examples[:3])
-                for v in violations)
-            raise DataError(f"raw data violates {len(violations)} rule(s) "
-                            f"(use --on-error skip to drop these rows):\n{detail}",
-                            path=cfg.raw_path, rule="raw_schema")
+                for v in violations
+            )
+            raise DataError(
+                f"raw data violates {len(violations)} rule(s) "
+                f"(use --on-error skip to drop these rows):\n{detail}",
+                path=cfg.raw_path,
+                rule="raw_schema",
+            )
+        by_rule = Counter(bad.values())  # each dropped row counted once, under its first rule
+        dropped.update(by_rule)
         for v in violations:
-            dropped[v.rule] += v.count
-            examples.setdefault(v.rule, []).extend(v.examples)
+            if by_rule[v.rule]:
+                examples.setdefault(v.rule, []).extend(v.examples)
         df = df.drop(index=list(bad))
 
     df["title"] = clean_whitespace(df["title"])
@@ -107,7 +125,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     df = df.drop(columns="primary")
     if cfg.label_level == "category":
         # An archive-level code (e.g. "cond-mat" alone) says nothing about the sub-category.
-        coarse = df["primary_category"].map(lambda c: taxonomy.lookup(c).coarse)
+        coarse = df["primary_category"].map(lambda c: taxonomy.lookup(c).coarse).astype(bool)
         dropped["coarse_label_at_category_level"] = int(coarse.sum())
         df = df[~coarse]
     df["label"] = df["primary_category"].map(lambda c: taxonomy.label_for(c, cfg.label_level))
@@ -120,8 +138,13 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         dropped[f"{col}_too_long"] += int(long_.sum())
         df = df[~(short | long_)]
 
-    # Dedupe: sorting by id first makes the kept copy independent of file order.
-    df = df.sort_values(["id", "line"], kind="stable")
+    # Dedupe: the kept copy must not depend on file order. Per id keep the newest version (ties
+    # broken by content, `line` last); among equal texts keep the smallest id.
+    df = df.sort_values(
+        ["id", "update_date", "title", "abstract", "categories", "line"],
+        ascending=[True, False, True, True, True, True],
+        kind="stable",
+    )
     dup_id = df["id"].duplicated(keep="first")
     dropped["duplicate_id"] += int(dup_id.sum())
     df = df[~dup_id]
@@ -134,11 +157,17 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     dropped["rare_class"] += int(rare.sum())
     df = df[~df["label"].isin(rare.index)].reset_index(drop=True)
     if df.empty:
-        raise DataError(f"no rows left after cleaning (min_count={cfg.min_count}); dropped: "
-                        f"{dict(+dropped)}", path=cfg.raw_path, rule="non_empty_output")
+        raise DataError(
+            f"no rows left after cleaning (min_count={cfg.min_count}); dropped: {dict(+dropped)}",
+            path=cfg.raw_path,
+            rule="non_empty_output",
+        )
 
-    df["split"] = (stratified_split(df["label"].to_numpy(), cfg.fractions, cfg.seed)
-                   if cfg.split == "stratified" else time_split(df, cfg.fractions))
+    df["split"] = (
+        stratified_split(df["label"].to_numpy(), cfg.fractions, cfg.seed)
+        if cfg.split == "stratified"
+        else time_split(df, cfg.fractions)
+    )
     labels = sorted(df["label"].unique())
     _write(cfg, df, labels, n_read, +dropped, examples, {k: int(v) for k, v in rare.items()})
     counts = {k: int(v) for k, v in df["split"].value_counts().items()}
@@ -153,7 +182,7 @@ def _allocate(n: int, fractions: list[float]) -> list[int]:
     counts = np.floor(raw).astype(int)
     for i in np.argsort(-(raw - counts))[: n - counts.sum()]:
         counts[i] += 1
-    for i in range(1, len(counts)):  # take from the largest split for any empty one
+    for i in range(len(counts)):  # take from the largest split for any empty one
         if counts[i] == 0 and counts.max() > 1:
             counts[counts.argmax()] -= 1
             counts[i] += 1
@@ -171,7 +200,7 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int)
         idx = rng.permutation(idx)
         start = 0
         for name, k in zip(names, _allocate(len(idx), [fractions[n] for n in names]), strict=True):
-            out[idx[start:start + k]] = name
+            out[idx[start : start + k]] = name
             start += k
     return out
 
@@ -182,7 +211,7 @@ def time_split(df: pd.DataFrame, fractions: dict[str, float]) -> np.ndarray:
     out = np.empty(len(df), dtype=object)
     start = 0
     for name, k in zip(SPLITS, _allocate(len(df), [fractions[n] for n in SPLITS]), strict=True):
-        out[order[start:start + k]] = name
+        out[order[start : start + k]] = name
         start += k
     return out
 
@@ -195,10 +224,25 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write(cfg: PrepareConfig, df: pd.DataFrame, labels: list[str], n_read: int,
-           dropped: dict[str, int], examples: dict[str, list[str]], rare: dict[str, int]) -> None:
-    columns = ["id", "title", "abstract", "label", "primary_category", "categories",
-               "update_date", "line"]
+def _write(
+    cfg: PrepareConfig,
+    df: pd.DataFrame,
+    labels: list[str],
+    n_read: int,
+    dropped: dict[str, int],
+    examples: dict[str, list[str]],
+    rare: dict[str, int],
+) -> None:
+    columns = [
+        "id",
+        "title",
+        "abstract",
+        "label",
+        "primary_category",
+        "categories",
+        "update_date",
+        "line",
+    ]
     per_split = {s: df.loc[df["split"] == s, "label"].value_counts().to_dict() for s in SPLITS}
     meta: dict[str, Any] = {
         "label_level": cfg.label_level,
@@ -209,15 +253,23 @@ def _write(cfg: PrepareConfig, df: pd.DataFrame, labels: list[str], n_read: int,
         "raw_path": str(cfg.raw_path),
         "raw_sha256": file_sha256(cfg.raw_path),
         "labels": [
-            {"index": i, "label": lab, "name": taxonomy.display_name(lab),
-             "count": int(sum(per_split[s].get(lab, 0) for s in SPLITS))}
+            {
+                "index": i,
+                "label": lab,
+                "name": taxonomy.display_name(lab),
+                "count": int(sum(per_split[s].get(lab, 0) for s in SPLITS)),
+            }
             for i, lab in enumerate(labels)
         ],
     }
-    stats = {"rows_read": n_read, "rows_out": len(df), "dropped": dropped,
-             "dropped_examples": examples, "rare_classes": rare,
-             "per_split": {s: {lab: int(per_split[s].get(lab, 0)) for lab in labels}
-                           for s in SPLITS}}
+    stats = {
+        "rows_read": n_read,
+        "rows_out": len(df),
+        "dropped": dropped,
+        "dropped_examples": examples,
+        "rare_classes": rare,
+        "per_split": {s: {lab: int(per_split[s].get(lab, 0)) for lab in labels} for s in SPLITS},
+    }
     with atomic_dir(cfg.output_dir) as tmp:
         for s in SPLITS:
             part = df.loc[df["split"] == s, columns].reset_index(drop=True)

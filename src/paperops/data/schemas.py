@@ -42,27 +42,45 @@ def raw_schema() -> pa.DataFrameSchema:
     prepare removes them and reports how many."""
     return pa.DataFrameSchema(
         {
-            "id": pa.Column(str, [
-                rule("non_empty_id", "id must not be empty", _non_empty),
-                rule("id_format", "id must look like 2101.00001 or hep-th/9901001",
-                     lambda s: s.str.match(ID_PATTERN)),
-            ]),
+            "id": pa.Column(
+                str,
+                [
+                    rule("non_empty_id", "id must not be empty", _non_empty),
+                    rule(
+                        "id_format",
+                        "id must look like 2101.00001 or hep-th/9901001",
+                        lambda s: s.str.match(ID_PATTERN),
+                    ),
+                ],
+            ),
             "title": pa.Column(str, rule("non_empty_title", "title must not be empty", _non_empty)),
             "abstract": pa.Column(
                 str, rule("non_empty_abstract", "abstract must not be empty", _non_empty)
             ),
-            "categories": pa.Column(str, [
-                rule("non_empty_categories", "categories must not be empty", _non_empty),
-                rule("category_format", "every category must look like cs.LG or hep-th",
-                     lambda s: s.str.match(CATEGORIES_PATTERN)),
-            ]),
+            "categories": pa.Column(
+                str,
+                [
+                    rule("non_empty_categories", "categories must not be empty", _non_empty),
+                    rule(
+                        "category_format",
+                        "every category must look like cs.LG or hep-th",
+                        lambda s: s.str.match(CATEGORIES_PATTERN),
+                    ),
+                ],
+            ),
             "primary": pa.Column(
                 str, rule("known_category", "primary category is not in the arXiv taxonomy", _known)
             ),
-            "update_date": pa.Column(str, [
-                rule("date_format", "update_date must be YYYY-MM-DD",
-                     lambda s: s.str.match(DATE_PATTERN) & _valid_date(s)),
-            ]),
+            "update_date": pa.Column(
+                str,
+                [
+                    rule(
+                        "date_format",
+                        "update_date must be YYYY-MM-DD",
+                        lambda s: s.str.match(DATE_PATTERN) & _valid_date(s),
+                    ),
+                ],
+            ),
         },
         strict=False,
         coerce=False,
@@ -74,33 +92,63 @@ def processed_schema(labels: Iterable[str], limits: dict[str, int]) -> pa.DataFr
     labels = sorted(labels)
 
     def length(col: str, lo: int, hi: int) -> pa.Check:
-        return rule(f"{col}_length", f"{col} length must be within [{lo}, {hi}] characters",
-                    lambda s: s.str.len().between(lo, hi))
+        return rule(
+            f"{col}_length",
+            f"{col} length must be within [{lo}, {hi}] characters",
+            lambda s: s.str.len().between(lo, hi),
+        )
 
     return pa.DataFrameSchema(
         {
-            "id": pa.Column(str, [
-                rule("non_empty_id", "id must not be empty", _non_empty),
-                rule("id_format", "id must look like 2101.00001 or hep-th/9901001",
-                     lambda s: s.str.match(ID_PATTERN)),
-                rule("unique_id", "id must be unique within the split", lambda s: ~s.duplicated(keep=False)),
-            ]),
-            "title": pa.Column(str, [
-                rule("non_empty_title", "title must not be empty", _non_empty),
-                length("title", limits["title_min_chars"], limits["title_max_chars"]),
-            ]),
-            "abstract": pa.Column(str, [
-                rule("non_empty_abstract", "abstract must not be empty", _non_empty),
-                length("abstract", limits["abstract_min_chars"], limits["abstract_max_chars"]),
-            ]),
-            "label": pa.Column(str, rule("known_label", f"label must be one of labels.json "
-                                         f"({len(labels)} labels)", lambda s: s.isin(labels))),
+            "id": pa.Column(
+                str,
+                [
+                    rule("non_empty_id", "id must not be empty", _non_empty),
+                    rule(
+                        "id_format",
+                        "id must look like 2101.00001 or hep-th/9901001",
+                        lambda s: s.str.match(ID_PATTERN),
+                    ),
+                    rule(
+                        "unique_id",
+                        "id must be unique within the split",
+                        lambda s: ~s.duplicated(keep=False),
+                    ),
+                ],
+            ),
+            "title": pa.Column(
+                str,
+                [
+                    rule("non_empty_title", "title must not be empty", _non_empty),
+                    length("title", limits["title_min_chars"], limits["title_max_chars"]),
+                ],
+            ),
+            "abstract": pa.Column(
+                str,
+                [
+                    rule("non_empty_abstract", "abstract must not be empty", _non_empty),
+                    length("abstract", limits["abstract_min_chars"], limits["abstract_max_chars"]),
+                ],
+            ),
+            "label": pa.Column(
+                str,
+                rule(
+                    "known_label",
+                    f"label must be one of labels.json ({len(labels)} labels)",
+                    lambda s: s.isin(labels),
+                ),
+            ),
             "primary_category": pa.Column(
                 str, rule("known_category", "primary category is not in the arXiv taxonomy", _known)
             ),
-            "update_date": pa.Column(str, rule(
-                "date_format", "update_date must be YYYY-MM-DD",
-                lambda s: s.str.match(DATE_PATTERN) & _valid_date(s))),
+            "update_date": pa.Column(
+                str,
+                rule(
+                    "date_format",
+                    "update_date must be YYYY-MM-DD",
+                    lambda s: s.str.match(DATE_PATTERN) & _valid_date(s),
+                ),
+            ),
         },
         strict=False,
         coerce=False,

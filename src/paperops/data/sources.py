@@ -1,7 +1,9 @@
-"""Raw data readers: Kaggle arXiv-snapshot JSON lines (plain or gzip) and the medical question pairs CSV.
+"""Raw data readers: Kaggle arXiv-snapshot JSON lines (plain or gzip) and the medical question
+pairs CSV.
 
-Both stream line by line (constant memory: the full Kaggle snapshot is ~4 GB) and point at bad input
-by file and line. With on_error="skip" a bad line is counted and reported instead of stopping the run.
+Both stream line by line (constant memory: the full Kaggle snapshot is ~4 GB) and point at bad
+input by file and line. With on_error="skip" a bad line is counted and reported instead of
+stopping the run.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def _raw_lines(path: Path, report: ReadReport, on_error: OnError) -> Iterator[tu
     lineno = 0
     with opener(path, "rb") as f:  # type: ignore[operator]
         try:
-            for lineno, raw in enumerate(f, start=1):  # noqa: B007 - lineno used after the loop
+            for lineno, raw in enumerate(f, start=1):  # lineno is used after the loop
                 report.lines = lineno
                 yield lineno, raw
         except (EOFError, zlib.error, gzip.BadGzipFile) as e:
@@ -113,8 +115,10 @@ def iter_arxiv_jsonl(
         report.records += 1
         yield record
     if report.records == 0:
-        what = "the file is empty" if report.n_skipped == 0 else (
-            f"all {report.n_skipped} non-blank lines were invalid"
+        what = (
+            "the file is empty"
+            if report.n_skipped == 0
+            else (f"all {report.n_skipped} non-blank lines were invalid")
         )
         raise DataError(f"no usable records: {what}", path=path, rule="non_empty_file")
 
@@ -136,14 +140,16 @@ def _parse_arxiv_line(raw: bytes, path: Path, lineno: int) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(
-            f"invalid UTF-8 byte {raw[e.start:e.start + 1]!r} at byte offset {e.start}",
-            path=path, line=lineno, rule="utf8",
+            f"invalid UTF-8 byte {raw[e.start : e.start + 1]!r} at byte offset {e.start}",
+            path=path,
+            line=lineno,
+            rule="utf8",
         ) from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(
-            f"malformed JSON: {e.msg} at column {e.colno}", path=path, line=lineno, rule="json"
+            f"malformed JSON: {e.msg} (column {e.colno})", path=path, line=lineno, rule="json"
         ) from None
     if not isinstance(obj, dict):
         raise DataError(
@@ -153,18 +159,36 @@ def _parse_arxiv_line(raw: bytes, path: Path, lineno: int) -> dict[str, Any]:
     if missing:
         raise DataError(
             f"missing required field(s) {', '.join(missing)}",
-            path=path, line=lineno, rule="required_fields",
+            path=path,
+            line=lineno,
+            rule="required_fields",
         )
     out: dict[str, Any] = {}
     for key in ARXIV_FIELDS:
         value = obj[key]
-        if key == "categories" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        if (
+            key == "categories"
+            and isinstance(value, list)
+            and all(isinstance(v, str) for v in value)
+        ):
             value = " ".join(value)
         if not isinstance(value, str):
             raise DataError(
                 f"field {key!r} must be a string, got {type(value).__name__}",
-                path=path, line=lineno, rule="field_type",
+                path=path,
+                line=lineno,
+                rule="field_type",
             )
+        try:  # a JSON escape like "\ud800" decodes to a lone surrogate that no writer can encode
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(
+                f"field {key!r} contains an unpaired surrogate {value[e.start]!r} "
+                "(a bad \\u escape)",
+                path=path,
+                line=lineno,
+                rule="utf8",
+            ) from None
         out[key] = value
     out["line"] = lineno
     return out
@@ -187,7 +211,7 @@ def read_mqp_csv(
     # surrogateescape keeps undecodable bytes visible so we can name the line they are on
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f)
-        for fields in reader:
+        for fields in _csv_rows(reader, path):
             lineno = reader.line_num
             report.lines = lineno
             if not fields or all(not x.strip() for x in fields):
@@ -204,29 +228,59 @@ def read_mqp_csv(
                     raise
                 report.skip(err)
     if not rows:
-        raise DataError("no usable rows: the file is empty or every row is invalid",
-                        path=path, rule="non_empty_file")
+        raise DataError(
+            "no usable rows: the file is empty or every row is invalid",
+            path=path,
+            rule="non_empty_file",
+        )
     return rows
+
+
+def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
+    """csv.reader, but a structural CSV error (e.g. an oversized field) names file and line."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(
+                f"unreadable CSV: {e}", path=path, line=reader.line_num, rule="csv"
+            ) from None
 
 
 def _parse_mqp_row(fields: list[str], path: Path, lineno: int) -> dict[str, Any]:
     if len(fields) != len(MQP_COLUMNS):
         raise DataError(
             f"expected {len(MQP_COLUMNS)} columns ({', '.join(MQP_COLUMNS)}), got {len(fields)}",
-            path=path, line=lineno, rule="column_count",
+            path=path,
+            line=lineno,
+            rule="column_count",
         )
     for name, value in zip(MQP_COLUMNS, fields, strict=True):
         if any("\udc80" <= ch <= "\udcff" for ch in value):
-            raise DataError(f"invalid UTF-8 in column {name!r}", path=path, line=lineno, rule="utf8")
+            raise DataError(
+                f"invalid UTF-8 in column {name!r}", path=path, line=lineno, rule="utf8"
+            )
     dr_id, q1, q2, label = (x.strip() for x in fields)
-    if not dr_id.isdigit():
-        raise DataError(f"dr_id must be a non-negative integer, got {dr_id!r}",
-                        path=path, line=lineno, rule="dr_id_int")
+    if not (dr_id.isascii() and dr_id.isdigit()):  # '²'.isdigit() is True, int('²') fails
+        raise DataError(
+            f"dr_id must be a non-negative integer, got {dr_id!r}",
+            path=path,
+            line=lineno,
+            rule="dr_id_int",
+        )
     if label not in ("0", "1"):
-        raise DataError(f"label must be 0 or 1, got {label!r}", path=path, line=lineno,
-                        rule="label_binary")
+        raise DataError(
+            f"label must be 0 or 1, got {label!r}", path=path, line=lineno, rule="label_binary"
+        )
     for name, q in (("question_1", q1), ("question_2", q2)):
         if not q:
             raise DataError(f"{name} is empty", path=path, line=lineno, rule="non_empty_text")
-    return {"dr_id": int(dr_id), "question_1": q1, "question_2": q2, "label": int(label),
-            "line": lineno}
+    return {
+        "dr_id": int(dr_id),
+        "question_1": q1,
+        "question_2": q2,
+        "label": int(label),
+        "line": lineno,
+    }

@@ -18,5 +18,6 @@ def dedupe_key(title: pd.Series, abstract: pd.Series) -> pd.Series:
     Two copies of a paper that differ only in case, spacing or punctuation (a common artefact of
     different scrapes) get the same key, so they cannot land in train and test at once.
     """
-    text = (title + " " + abstract).str.lower().str.replace(r"[\W_]+", "", regex=True)
+    text = (title.fillna("") + " " + abstract.fillna("")).str.lower()
+    text = text.str.replace(r"[\W_]+", "", regex=True)
     return text.map(lambda t: hashlib.blake2b(t.encode("utf-8"), digest_size=12).hexdigest())

@@ -43,8 +43,12 @@ class ValidationReport:
         return not self.violations
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "ok": self.ok, "rows": self.rows,
-                "violations": [asdict(v) for v in self.violations]}
+        return {
+            "target": self.target,
+            "ok": self.ok,
+            "rows": self.rows,
+            "violations": [asdict(v) for v in self.violations],
+        }
 
     def render(self) -> str:
         if self.ok:
@@ -68,31 +72,36 @@ def describe_row(df: pd.DataFrame, idx: Any) -> str:
 
 def schema_violations(
     df: pd.DataFrame, schema: pa.DataFrameSchema, where: str, max_examples: int = 5
-) -> tuple[list[Violation], set[Any]]:
-    """Run a schema lazily; return one Violation per (column, rule) and the failing row index."""
+) -> tuple[list[Violation], dict[Any, str]]:
+    """Run a schema lazily; return one Violation per (column, rule) and the failing rows, each
+    mapped to the first rule it broke (so a row that breaks several rules is counted once)."""
     try:
         schema.validate(df, lazy=True)
-        return [], set()
+        return [], {}
     except pa.errors.SchemaErrors as e:
         fc = e.failure_cases
-    violations, bad_rows = [], set()
+    violations: list[Violation] = []
+    bad_rows: dict[Any, str] = {}
     for (column, check), group in fc.groupby(["column", "check"], sort=False, dropna=False):
         check = str(check)
         rule_name, _, message = check.partition(": ")
         if not message:  # pandera's own checks (dtype, nullability, missing column)
             rule_name, message = check.split("(")[0], f"failed pandera check {check}"
         rows = [i for i in group["index"].tolist() if i is not None and not pd.isna(i)]
-        bad_rows.update(rows)
+        for i in rows:
+            bad_rows.setdefault(i, rule_name)
         examples = [
             f"{describe_row(df, i)}: {str(df.at[i, column])[:80]!r}"
-            if column in df.columns else describe_row(df, i)
+            if column in df.columns
+            else describe_row(df, i)
             for i in rows[:max_examples]
         ]
         if not rows:  # whole-frame failures (e.g. a missing column)
             examples = [f"{v}" for v in group["failure_case"].tolist()[:max_examples]]
         col = "" if column is None or pd.isna(column) else f".{column}"
-        violations.append(Violation(rule_name, f"{where}{col}", message,
-                                    max(len(rows), len(group)), examples))
+        violations.append(
+            Violation(rule_name, f"{where}{col}", message, max(len(rows), len(group)), examples)
+        )
     return violations, bad_rows
 
 
@@ -110,8 +119,12 @@ def load_splits(output_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, An
 
 
 def validate_processed(
-    output_dir: Path, limits: dict[str, int], *, min_rows_total: int,
-    min_train_rows_per_class: int, max_examples: int = 5,
+    output_dir: Path,
+    limits: dict[str, int],
+    *,
+    min_rows_total: int,
+    min_train_rows_per_class: int,
+    max_examples: int = 5,
 ) -> ValidationReport:
     """Check every processed split and the rules across them."""
     output_dir = Path(output_dir)
@@ -132,43 +145,80 @@ def validate_processed(
             add(Violation("non_empty_split", name, "split has no rows", 0))
 
     # No paper may sit in two splits, by id or by (normalised) text.
-    keys = {n: (set(df["id"]), set(dedupe_key(df["title"], df["abstract"])))
-            for n, df in splits.items() if {"id", "title", "abstract"} <= set(df.columns)}
+    keys = {
+        n: (set(df["id"]), set(dedupe_key(df["title"], df["abstract"])))
+        for n, df in splits.items()
+        if {"id", "title", "abstract"} <= set(df.columns)
+    }
     names = list(keys)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             ids = keys[a][0] & keys[b][0]
             if ids:
-                add(Violation("no_id_overlap", f"{a}/{b}", "the same id is in two splits",
-                              len(ids), sorted(ids)[:max_examples]))
+                add(
+                    Violation(
+                        "no_id_overlap",
+                        f"{a}/{b}",
+                        "the same id is in two splits",
+                        len(ids),
+                        sorted(ids)[:max_examples],
+                    )
+                )
             texts = keys[a][1] & keys[b][1]
             if texts:
                 df = splits[b]
                 hit = dedupe_key(df["title"], df["abstract"]).isin(texts)
-                add(Violation("no_text_overlap", f"{a}/{b}",
-                              "the same normalised title+abstract is in two splits", len(texts),
-                              [describe_row(df, i) for i in df.index[hit][:max_examples]]))
+                add(
+                    Violation(
+                        "no_text_overlap",
+                        f"{a}/{b}",
+                        "the same normalised title+abstract is in two splits",
+                        len(texts),
+                        [describe_row(df, i) for i in df.index[hit][:max_examples]],
+                    )
+                )
 
     if report.rows < min_rows_total:
-        add(Violation("min_rows_total", "all", f"{report.rows} rows < required {min_rows_total}",
-                      report.rows))
+        add(
+            Violation(
+                "min_rows_total",
+                "all",
+                f"{report.rows} rows < required {min_rows_total}",
+                report.rows,
+            )
+        )
     if "train" in splits and "label" in splits["train"].columns:
         counts = splits["train"]["label"].value_counts()
-        few = {lab: int(counts.get(lab, 0)) for lab in labels
-               if counts.get(lab, 0) < min_train_rows_per_class}
+        few = {
+            lab: int(counts.get(lab, 0))
+            for lab in labels
+            if counts.get(lab, 0) < min_train_rows_per_class
+        }
         if few:
-            add(Violation("min_train_rows_per_class", "train",
-                          f"classes with fewer than {min_train_rows_per_class} training rows",
-                          len(few), [f"{k}: {v}" for k, v in list(few.items())[:max_examples]]))
+            add(
+                Violation(
+                    "min_train_rows_per_class",
+                    "train",
+                    f"classes with fewer than {min_train_rows_per_class} training rows",
+                    len(few),
+                    [f"{k}: {v}" for k, v in list(few.items())[:max_examples]],
+                )
+            )
     if meta.get("split") == "stratified":
         for name, df in splits.items():
             if "label" not in df.columns:
                 continue
             absent = sorted(set(labels) - set(df["label"]))
             if absent:
-                add(Violation("class_in_every_split", name,
-                              "a stratified split must contain every class", len(absent),
-                              absent[:max_examples]))
+                add(
+                    Violation(
+                        "class_in_every_split",
+                        name,
+                        "a stratified split must contain every class",
+                        len(absent),
+                        absent[:max_examples],
+                    )
+                )
     return report
 
 
@@ -183,8 +233,15 @@ def validate_raw(path: Path, *, max_examples: int = 5) -> ValidationReport:
         report.violations.append(Violation(e.rule or "read", "raw", e.message, 0))
     report.rows = read.lines - read.blank_lines
     for rule_name, n in read.skipped.items():
-        report.violations.append(Violation(rule_name, "raw", "line could not be read as a record",
-                                           n, read.examples.get(rule_name, [])))
+        report.violations.append(
+            Violation(
+                rule_name,
+                "raw",
+                "line could not be read as a record",
+                n,
+                read.examples.get(rule_name, []),
+            )
+        )
     if df is not None:
         report.violations += schema_violations(df, raw_schema(), "raw", max_examples)[0]
     return report

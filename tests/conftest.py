@@ -1,0 +1,350 @@
+"""Shared test helpers: tiny, realistic arXiv records and a JSON-lines writer.
+
+Everything a test reads is written by the test into its own tmp_path; nothing touches the network
+or the shared dev data (that lives in tests/integration).
+"""
+
+from __future__ import annotations
+
+import gzip as gzip_module
+import json
+import logging
+import random
+import re
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from paperops.data import taxonomy
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+
+# Small per-archive vocabularies, so that texts differ between classes like real papers do.
+VOCAB: dict[str, tuple[list[str], list[str]]] = {
+    "cs": (
+        [
+            "Learning",
+            "Neural",
+            "Networks",
+            "Graph",
+            "Efficient",
+            "Transformers",
+            "Robust",
+            "Scalable",
+            "Algorithms",
+            "Reinforcement",
+            "Federated",
+            "Optimisation",
+        ],
+        [
+            "we",
+            "propose",
+            "a",
+            "model",
+            "training",
+            "dataset",
+            "benchmark",
+            "accuracy",
+            "gradient",
+            "architecture",
+            "inference",
+            "latency",
+            "attention",
+            "embedding",
+            "loss",
+        ],
+    ),
+    "math": (
+        [
+            "Cohomology",
+            "Varieties",
+            "Moduli",
+            "Stacks",
+            "Sheaves",
+            "Curves",
+            "Conjecture",
+            "Invariants",
+            "Birational",
+            "Surfaces",
+            "Abelian",
+            "Schemes",
+        ],
+        [
+            "we",
+            "prove",
+            "that",
+            "every",
+            "smooth",
+            "projective",
+            "variety",
+            "admits",
+            "a",
+            "morphism",
+            "theorem",
+            "lemma",
+            "genus",
+            "field",
+            "characteristic",
+        ],
+    ),
+    "hep-th": (
+        [
+            "String",
+            "Duality",
+            "Holography",
+            "Branes",
+            "Supersymmetry",
+            "Anomalies",
+            "Gauge",
+            "Conformal",
+            "Entanglement",
+            "Black",
+            "Holes",
+            "Amplitudes",
+        ],
+        [
+            "we",
+            "compute",
+            "the",
+            "partition",
+            "function",
+            "of",
+            "a",
+            "gauge",
+            "theory",
+            "on",
+            "anti",
+            "de",
+            "sitter",
+            "space",
+            "boundary",
+        ],
+    ),
+    "astro-ph": (
+        [
+            "Galaxies",
+            "Stellar",
+            "Dark",
+            "Matter",
+            "Halos",
+            "Clusters",
+            "Redshift",
+            "Survey",
+            "Quasars",
+            "Accretion",
+            "Dwarf",
+            "Spectroscopy",
+        ],
+        [
+            "we",
+            "observe",
+            "a",
+            "sample",
+            "of",
+            "galaxies",
+            "with",
+            "the",
+            "telescope",
+            "luminosity",
+            "metallicity",
+            "star",
+            "formation",
+            "rate",
+            "emission",
+        ],
+    ),
+    "q-bio": (
+        [
+            "Neurons",
+            "Cortex",
+            "Synaptic",
+            "Plasticity",
+            "Spiking",
+            "Memory",
+            "Cognition",
+            "Dynamics",
+            "Decision",
+            "Making",
+            "Visual",
+            "Circuits",
+        ],
+        [
+            "we",
+            "record",
+            "activity",
+            "in",
+            "the",
+            "cortex",
+            "of",
+            "mice",
+            "and",
+            "model",
+            "neural",
+            "population",
+            "responses",
+            "to",
+            "stimuli",
+        ],
+    ),
+}
+GENERIC_VOCAB = (
+    [
+        "Systems",
+        "Dynamics",
+        "Models",
+        "Analysis",
+        "Methods",
+        "Structure",
+        "Theory",
+        "Waves",
+        "Chaos",
+        "Control",
+        "Signals",
+        "Transport",
+    ],
+    [
+        "we",
+        "study",
+        "a",
+        "system",
+        "of",
+        "equations",
+        "with",
+        "numerical",
+        "simulations",
+        "and",
+        "experiments",
+        "showing",
+        "stable",
+        "behaviour",
+        "results",
+    ],
+)
+SECONDARY = ["stat.ML", "math-ph", "physics.data-an", "cs.AI", "quant-ph"]
+
+Record = dict[str, Any]
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[\W_]+", "", text.lower())
+
+
+def make_records(
+    counts: Mapping[str, int],
+    *,
+    seed: int = 0,
+    first_serial: int = 1,
+    start: date = date(2020, 1, 1),
+    days: int = 1000,
+) -> list[Record]:
+    """Kaggle-snapshot-shaped records: `counts[primary category] = how many`.
+
+    Ids look like real new-style ids (`2101.00001`, yymm of the date), dates are YYYY-MM-DD, and
+    every title+abstract is distinct even after normalisation, so prepare drops none as duplicates.
+    The output is interleaved across classes (like a real dump) and fully determined by `seed`.
+    """
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    out: list[Record] = []
+    serial = first_serial
+    for primary, n in counts.items():
+        try:
+            archive = taxonomy.archive_of(primary)
+        except ValueError:  # deliberately unknown codes still get text
+            archive = ""
+        title_words, abstract_words = VOCAB.get(archive, GENERIC_VOCAB)
+        for _ in range(n):
+            while True:
+                title = " ".join(rng.sample(title_words, rng.randint(4, 7)))
+                abstract = " ".join(rng.choice(abstract_words) for _ in range(rng.randint(25, 45)))
+                abstract = abstract[0].upper() + abstract[1:] + "."
+                key = _norm(title + abstract)
+                if key not in seen:
+                    seen.add(key)
+                    break
+            day = start + timedelta(days=rng.randrange(days))
+            categories = primary
+            if rng.random() < 0.3:
+                categories += " " + rng.choice(SECONDARY)
+            out.append(
+                {
+                    "id": f"{day:%y%m}.{serial:05d}",
+                    "submitter": "A. Author",  # extra keys, as in the real snapshot, are ignored
+                    "title": title,
+                    "abstract": abstract,
+                    "categories": categories,
+                    "update_date": day.isoformat(),
+                }
+            )
+            serial += 1
+    rng.shuffle(out)
+    return out
+
+
+def write_jsonl(path: Path, records: Iterable[Record | str | bytes], gzip: bool = False) -> Path:
+    """Write records as JSON lines (dicts are dumped, str/bytes written verbatim as one line)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for r in records:
+        if isinstance(r, bytes):
+            lines.append(r)
+        elif isinstance(r, str):
+            lines.append(r.encode("utf-8"))
+        else:
+            lines.append(json.dumps(r, ensure_ascii=False).encode("utf-8"))
+    data = b"".join(line + b"\n" for line in lines)
+    path.write_bytes(gzip_module.compress(data, mtime=0) if gzip else data)
+    return path
+
+
+# Default data set: four archive-level classes of different sizes (all >= 10 so every split of
+# every class is within one row of its fraction).
+DEFAULT_COUNTS = {"cs.LG": 24, "math.AG": 16, "hep-th": 12, "astro-ph.GA": 10}
+
+
+@pytest.fixture
+def make_arxiv() -> Callable[..., list[Record]]:
+    return make_records
+
+
+@pytest.fixture(name="write_jsonl")
+def write_jsonl_fixture() -> Callable[..., Path]:
+    return write_jsonl
+
+
+@pytest.fixture
+def raw_file(tmp_path: Path) -> Path:
+    """A good raw file with DEFAULT_COUNTS records."""
+    return write_jsonl(tmp_path / "raw" / "arxiv.jsonl", make_records(DEFAULT_COUNTS))
+
+
+@pytest.fixture(scope="session")
+def _prepared_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from paperops.data.prepare import PrepareConfig, prepare
+
+    base = tmp_path_factory.mktemp("prepared")
+    raw = write_jsonl(base / "arxiv.jsonl", make_records(DEFAULT_COUNTS))
+    prepare(PrepareConfig(raw_path=raw, output_dir=base / "processed", min_count=4))
+    return base / "processed"
+
+
+@pytest.fixture
+def prepared_dir(_prepared_once: Path, tmp_path: Path) -> Path:
+    """A fresh copy of a good prepared directory (DEFAULT_COUNTS, stratified, seed 42)."""
+    return Path(shutil.copytree(_prepared_once, tmp_path / "processed"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """setup_logging (and every CLI call) reconfigures the root logger; undo it after a test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
