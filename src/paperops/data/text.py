@@ -21,3 +21,8 @@ def dedupe_key(title: pd.Series, abstract: pd.Series) -> pd.Series:
     text = (title.fillna("") + " " + abstract.fillna("")).str.lower()
     text = text.str.replace(r"[\W_]+", "", regex=True)
     return text.map(lambda t: hashlib.blake2b(t.encode("utf-8"), digest_size=12).hexdigest())
+
+
+def model_text(title: str, abstract: str) -> str:
+    """The one string a classifier sees for a paper; training and serving must agree on it."""
+    return f"{title.strip()}\n{abstract.strip()}"

@@ -1,0 +1,1 @@
+"""Classifier and language-model families."""

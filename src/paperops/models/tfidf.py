@@ -1,0 +1,139 @@
+"""TF-IDF (1-2 grams, sublinear tf) + a linear classifier with balanced class weights.
+
+The floor every other model must beat. Its decision scores act as logits: temperature scaling on
+the calibration split turns them into calibrated probabilities. Saved with skops (never pickle):
+loading refuses any type that skops does not trust by default.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import skops.io as sio
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.svm import LinearSVC
+
+from paperops.io import atomic_write_text
+
+MODEL_FILE, META_FILE = "model.skops", "model.json"
+
+
+class ModelLoadError(RuntimeError):
+    """A saved model is missing, corrupt, unsafe or does not match its label map."""
+
+
+@dataclass
+class TfidfConfig:
+    ngram_range: tuple[int, int] = (1, 2)
+    sublinear_tf: bool = True
+    min_df: int = 2
+    max_features: int | None = 500_000
+    classifier: str = "linear_svc"  # linear_svc | logreg
+    class_weight: str | None = "balanced"
+    C: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.ngram_range = tuple(self.ngram_range)  # type: ignore[assignment]
+        if self.classifier not in ("linear_svc", "logreg"):
+            raise ValueError(
+                f"classifier must be 'linear_svc' or 'logreg', got {self.classifier!r}"
+            )
+
+
+@dataclass
+class TfidfClassifier:
+    labels: list[str]
+    config: TfidfConfig = field(default_factory=TfidfConfig)
+    pipeline: Pipeline | None = None
+
+    def _build(self) -> Pipeline:
+        c = self.config
+        clf = (
+            LinearSVC(C=c.C, class_weight=c.class_weight)
+            if c.classifier == "linear_svc"
+            else LogisticRegression(C=c.C, class_weight=c.class_weight, max_iter=2000)
+        )
+        vec = TfidfVectorizer(
+            ngram_range=c.ngram_range,
+            sublinear_tf=c.sublinear_tf,
+            min_df=c.min_df,
+            max_features=c.max_features,
+            dtype=np.float32,
+        )
+        return Pipeline([("tfidf", vec), ("clf", clf)])
+
+    def fit(self, texts: Sequence[str], labels: Sequence[str]) -> TfidfClassifier:
+        unknown = sorted(set(labels) - set(self.labels))
+        if unknown:
+            raise ValueError(f"labels not in the label map: {unknown[:5]}")
+        y = np.array([self.labels.index(lab) for lab in labels])
+        if len(np.unique(y)) < 2:
+            raise ValueError("need at least two classes to train")
+        self.pipeline = self._build().fit(list(texts), y)
+        return self
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, k) scores aligned with `self.labels` (classes never seen in training get -inf)."""
+        if self.pipeline is None:
+            raise RuntimeError("model is not trained: call fit() or load()")
+        clf = self.pipeline.named_steps["clf"]
+        scores = self.pipeline.decision_function(list(texts))
+        if scores.ndim == 1:  # binary: sklearn returns the positive-class margin only
+            scores = np.stack([-scores, scores], axis=1)
+        out = np.full((len(texts), len(self.labels)), -np.inf, dtype=np.float64)
+        out[:, clf.classes_] = scores
+        return out
+
+    def save(self, directory: Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.pipeline is None:
+            raise RuntimeError("model is not trained: nothing to save")
+        tmp = directory / f".{MODEL_FILE}.tmp"
+        sio.dump(self.pipeline, tmp)
+        tmp.replace(directory / MODEL_FILE)
+        meta = {"family": "tfidf", "labels": self.labels, "config": asdict(self.config)}
+        atomic_write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path, expected_labels: Sequence[str] | None = None) -> TfidfClassifier:
+        directory = Path(directory)
+        model_path, meta_path = directory / MODEL_FILE, directory / META_FILE
+        for p in (model_path, meta_path):
+            if not p.is_file():
+                raise ModelLoadError(f"{p} not found: train a model first (paperops train)")
+        try:
+            meta = json.loads(meta_path.read_text())
+            untrusted = sio.get_untrusted_types(file=model_path)
+            if untrusted:
+                raise ModelLoadError(
+                    f"{model_path} contains types skops does not trust: "
+                    f"{untrusted[:5]}; refusing to load it"
+                )
+            pipeline = sio.load(model_path, trusted=[])
+        except ModelLoadError:
+            raise
+        except Exception as e:  # corrupt zip, truncated file, bad JSON
+            raise ModelLoadError(
+                f"{directory} is corrupt ({type(e).__name__}: {e}); retrain or restore it"
+            ) from e
+        if meta.get("family") != "tfidf":
+            raise ModelLoadError(f"{meta_path} is a {meta.get('family')!r} model, not tfidf")
+        if expected_labels is not None and list(expected_labels) != meta["labels"]:
+            raise ModelLoadError(
+                f"{meta_path}: label map does not match the data's labels.json "
+                f"({len(meta['labels'])} vs {len(expected_labels)} labels)"
+            )
+        n_classes = len(pipeline.named_steps["clf"].classes_)
+        if n_classes > len(meta["labels"]):
+            raise ModelLoadError(
+                f"{model_path} has {n_classes} classes but its label map {len(meta['labels'])}"
+            )
+        return cls(labels=meta["labels"], config=TfidfConfig(**meta["config"]), pipeline=pipeline)
