@@ -103,20 +103,7 @@ def data_prepare(
 
     cfg = _config(overrides).data
     try:
-        result = prepare(
-            PrepareConfig(
-                raw_path=Path(cfg.raw_path),
-                output_dir=Path(cfg.output_dir),
-                label_level=cfg.label_level,
-                min_count=cfg.min_count,
-                split=cfg.split,
-                fractions=dict(cfg.fractions),
-                seed=cfg.seed,
-                on_error=on_error or cfg.on_error,
-                limits=dict(cfg.limits),
-                max_examples=cfg.validation.max_examples,
-            )
-        )
+        result = prepare(PrepareConfig.from_config(cfg, on_error=on_error or cfg.on_error))
     except (DataError, ValueError) as e:
         raise _fail(str(e)) from None
     typer.echo(

@@ -39,17 +39,7 @@ RARE_ARCHIVES = {"hep-ex": 35, "q-fin": 28, "nucl-ex": 26, "hep-lat": 20, "econ"
 
 def _prepare(arxiv_path: Path, out: Path, *overrides: str) -> PrepareConfig:
     d = load_config([f"data.raw_path={arxiv_path}", f"data.output_dir={out}", *overrides]).data
-    cfg = PrepareConfig(
-        raw_path=d.raw_path,
-        output_dir=d.output_dir,
-        label_level=d.label_level,
-        min_count=d.min_count,
-        split=d.split,
-        fractions=dict(d.fractions),
-        seed=d.seed,
-        on_error=d.on_error,
-        limits=dict(d.limits),
-    )
+    cfg = PrepareConfig.from_config(d)
     prepare(cfg)
     return cfg
 

@@ -56,6 +56,23 @@ class PrepareConfig:
     )
     max_examples: int = 5
 
+    @classmethod
+    def from_config(cls, data: Any, **overrides: Any) -> PrepareConfig:
+        """Build from the Hydra `data` group (the one mapping from config to arguments)."""
+        kwargs = dict(
+            raw_path=Path(data.raw_path),
+            output_dir=Path(data.output_dir),
+            label_level=data.label_level,
+            min_count=data.min_count,
+            split=data.split,
+            fractions=dict(data.fractions),
+            seed=data.seed,
+            on_error=data.on_error,
+            limits=dict(data.limits),
+            max_examples=data.validation.max_examples,
+        )
+        return cls(**{**kwargs, **overrides})
+
     def __post_init__(self) -> None:
         self.raw_path, self.output_dir = Path(self.raw_path), Path(self.output_dir)
         if self.label_level not in taxonomy.LABEL_LEVELS:

@@ -37,30 +37,50 @@ def _known(s: pd.Series) -> pd.Series:
     return s.map(taxonomy.is_known)
 
 
+def _id_checks() -> list[pa.Check]:
+    return [
+        rule("non_empty_id", "id must not be empty", _non_empty),
+        rule(
+            "id_format",
+            "id must look like 2101.00001 or hep-th/9901001",
+            lambda s: s.str.match(ID_PATTERN),
+        ),
+    ]
+
+
+def _non_empty_text(col: str) -> pa.Check:
+    return rule(f"non_empty_{col}", f"{col} must not be empty", _non_empty)
+
+
+def _known_category() -> pa.Column:
+    return pa.Column(
+        str, rule("known_category", "primary category is not in the arXiv taxonomy", _known)
+    )
+
+
+def _date() -> pa.Column:
+    return pa.Column(
+        str,
+        rule(
+            "date_format",
+            "update_date must be YYYY-MM-DD",
+            lambda s: s.str.match(DATE_PATTERN) & _valid_date(s),
+        ),
+    )
+
+
 def raw_schema() -> pa.DataFrameSchema:
     """Rules for records as read from a source, before cleaning. Duplicates are not errors here:
     prepare removes them and reports how many."""
     return pa.DataFrameSchema(
         {
-            "id": pa.Column(
-                str,
-                [
-                    rule("non_empty_id", "id must not be empty", _non_empty),
-                    rule(
-                        "id_format",
-                        "id must look like 2101.00001 or hep-th/9901001",
-                        lambda s: s.str.match(ID_PATTERN),
-                    ),
-                ],
-            ),
-            "title": pa.Column(str, rule("non_empty_title", "title must not be empty", _non_empty)),
-            "abstract": pa.Column(
-                str, rule("non_empty_abstract", "abstract must not be empty", _non_empty)
-            ),
+            "id": pa.Column(str, _id_checks()),
+            "title": pa.Column(str, _non_empty_text("title")),
+            "abstract": pa.Column(str, _non_empty_text("abstract")),
             "categories": pa.Column(
                 str,
                 [
-                    rule("non_empty_categories", "categories must not be empty", _non_empty),
+                    _non_empty_text("categories"),
                     rule(
                         "category_format",
                         "every category must look like cs.LG or hep-th",
@@ -68,19 +88,8 @@ def raw_schema() -> pa.DataFrameSchema:
                     ),
                 ],
             ),
-            "primary": pa.Column(
-                str, rule("known_category", "primary category is not in the arXiv taxonomy", _known)
-            ),
-            "update_date": pa.Column(
-                str,
-                [
-                    rule(
-                        "date_format",
-                        "update_date must be YYYY-MM-DD",
-                        lambda s: s.str.match(DATE_PATTERN) & _valid_date(s),
-                    ),
-                ],
-            ),
+            "primary": _known_category(),
+            "update_date": _date(),
         },
         strict=False,
         coerce=False,
@@ -91,45 +100,28 @@ def processed_schema(labels: Iterable[str], limits: dict[str, int]) -> pa.DataFr
     """Rules for one processed split: what every model and the serving layer may rely on."""
     labels = sorted(labels)
 
-    def length(col: str, lo: int, hi: int) -> pa.Check:
-        return rule(
-            f"{col}_length",
-            f"{col} length must be within [{lo}, {hi}] characters",
-            lambda s: s.str.len().between(lo, hi),
+    def text(col: str) -> pa.Column:
+        lo, hi = limits[f"{col}_min_chars"], limits[f"{col}_max_chars"]
+        return pa.Column(
+            str,
+            [
+                _non_empty_text(col),
+                rule(
+                    f"{col}_length",
+                    f"{col} length must be within [{lo}, {hi}] characters",
+                    lambda s: s.str.len().between(lo, hi),
+                ),
+            ],
         )
 
+    unique = rule(
+        "unique_id", "id must be unique within the split", lambda s: ~s.duplicated(keep=False)
+    )
     return pa.DataFrameSchema(
         {
-            "id": pa.Column(
-                str,
-                [
-                    rule("non_empty_id", "id must not be empty", _non_empty),
-                    rule(
-                        "id_format",
-                        "id must look like 2101.00001 or hep-th/9901001",
-                        lambda s: s.str.match(ID_PATTERN),
-                    ),
-                    rule(
-                        "unique_id",
-                        "id must be unique within the split",
-                        lambda s: ~s.duplicated(keep=False),
-                    ),
-                ],
-            ),
-            "title": pa.Column(
-                str,
-                [
-                    rule("non_empty_title", "title must not be empty", _non_empty),
-                    length("title", limits["title_min_chars"], limits["title_max_chars"]),
-                ],
-            ),
-            "abstract": pa.Column(
-                str,
-                [
-                    rule("non_empty_abstract", "abstract must not be empty", _non_empty),
-                    length("abstract", limits["abstract_min_chars"], limits["abstract_max_chars"]),
-                ],
-            ),
+            "id": pa.Column(str, [*_id_checks(), unique]),
+            "title": text("title"),
+            "abstract": text("abstract"),
             "label": pa.Column(
                 str,
                 rule(
@@ -138,17 +130,8 @@ def processed_schema(labels: Iterable[str], limits: dict[str, int]) -> pa.DataFr
                     lambda s: s.isin(labels),
                 ),
             ),
-            "primary_category": pa.Column(
-                str, rule("known_category", "primary category is not in the arXiv taxonomy", _known)
-            ),
-            "update_date": pa.Column(
-                str,
-                rule(
-                    "date_format",
-                    "update_date must be YYYY-MM-DD",
-                    lambda s: s.str.match(DATE_PATTERN) & _valid_date(s),
-                ),
-            ),
+            "primary_category": _known_category(),
+            "update_date": _date(),
         },
         strict=False,
         coerce=False,
