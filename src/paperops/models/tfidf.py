@@ -20,12 +20,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
 from paperops.io import atomic_write_text
+from paperops.models.base import META_FILE, ModelLoadError, check_label_map
 
-MODEL_FILE, META_FILE = "model.skops", "model.json"
-
-
-class ModelLoadError(RuntimeError):
-    """A saved model is missing, corrupt, unsafe or does not match its label map."""
+MODEL_FILE = "model.skops"
+__all__ = ["META_FILE", "MODEL_FILE", "ModelLoadError", "TfidfClassifier", "TfidfConfig"]
 
 
 @dataclass
@@ -48,6 +46,7 @@ class TfidfConfig:
 
 @dataclass
 class TfidfClassifier:
+    family = "tfidf"
     labels: list[str]
     config: TfidfConfig = field(default_factory=TfidfConfig)
     pipeline: Pipeline | None = None
@@ -126,11 +125,7 @@ class TfidfClassifier:
             ) from e
         if meta.get("family") != "tfidf":
             raise ModelLoadError(f"{meta_path} is a {meta.get('family')!r} model, not tfidf")
-        if expected_labels is not None and list(expected_labels) != meta["labels"]:
-            raise ModelLoadError(
-                f"{meta_path}: label map does not match the data's labels.json "
-                f"({len(meta['labels'])} vs {len(expected_labels)} labels)"
-            )
+        check_label_map(meta_path, meta["labels"], expected_labels)
         n_classes = len(pipeline.named_steps["clf"].classes_)
         if n_classes > len(meta["labels"]):
             raise ModelLoadError(
