@@ -32,6 +32,12 @@ data_app = typer.Typer(help="Ingest, prepare and validate data.", no_args_is_hel
 config_app = typer.Typer(help="Inspect the composed configuration.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
+try:  # the registry commands need the train extra (mlflow)
+    from paperops.commands.models import models_app
+
+    app.add_typer(models_app, name="models")
+except ImportError:  # pragma: no cover - a serve-only install
+    pass
 
 Overrides = Annotated[
     list[str] | None,
@@ -197,6 +203,100 @@ def data_harvest(
     typer.echo(
         f"harvested {result.records_written:,} records this run, "
         f"{result.total_records:,} in {out}; {state}" + (" [resumed]" if result.resumed else "")
+    )
+
+
+@app.command("train")
+def train_cmd(
+    overrides: Overrides = None,
+    multirun: Annotated[
+        bool,
+        typer.Option(
+            "--multirun",
+            "-m",
+            help="Run the Optuna study named by hparams_search=... instead of one training run.",
+        ),
+    ] = False,
+) -> None:
+    """Train a classifier (experiment=tfidf|embedding|finetune), track it, gate the champion."""
+    from paperops.data.datamodule import EmptySplitError
+    from paperops.models.base import ModelLoadError
+
+    if multirun:
+        from paperops.sweep import SweepConfigError, run_sweep
+
+        _config(overrides)  # fail fast on a bad override
+        try:
+            res = run_sweep(overrides or [])
+        except (SweepConfigError, ConfigError) as e:
+            raise _fail(str(e)) from None
+        typer.echo(
+            f"study {res.study_name} ({res.storage}): {res.n_trials} trials, {res.n_pruned} "
+            f"pruned; best {res.best_value:.4f} with {res.best_params}\n"
+            f"  summary: {res.summary_path}"
+        )
+        return
+    from paperops.train import train
+
+    cfg = _config(overrides)
+    try:
+        result = train(cfg)
+    except (FileNotFoundError, EmptySplitError, ModelLoadError, ValueError) as e:
+        raise _fail(str(e)) from None
+    if result is None:  # DDP rank > 0: rank 0 reports
+        return
+    v = result.val_metrics
+    typer.echo(
+        f"trained {result.family} in {result.train_seconds:.1f} s -> {result.bundle_dir}\n"
+        f"  validation: accuracy {v['val_accuracy']:.4f}, macro-F1 {v['val_macro_f1']:.4f}"
+    )
+    if result.run_id:
+        typer.echo(f"  mlflow run: {result.run_id} ({cfg.logger.tracking_uri})")
+    if result.decision:
+        d = result.decision
+        typer.echo(f"  registry: {d['name']} v{d['version']}: {d['reason']}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    overrides: Overrides = None,
+    model: Annotated[
+        Path | None, typer.Option(help="A bundle directory (default: evaluate.model_dir).")
+    ] = None,
+    ref: Annotated[
+        str | None,
+        typer.Option(help="Evaluate a registered version instead: 'champion' or a version number."),
+    ] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option(help="Where the report goes (default: evaluate.report_dir).")
+    ] = None,
+) -> None:
+    """Test-set metrics, calibration, conformal sets, slices and behavioural checks -> report."""
+    from paperops.data.datamodule import EmptySplitError
+    from paperops.jobs import evaluate_bundle
+    from paperops.models.base import ModelLoadError
+
+    cfg = _config(overrides)
+    try:
+        model_dir = model or Path(cfg.evaluate.model_dir)
+        if ref is not None:
+            from paperops import registry
+
+            model_dir = registry.download_bundle(
+                cfg.logger, ref=ref, dst=Path(cfg.paths.models) / "registry" / ref
+            )
+        out = report_dir or Path(cfg.evaluate.report_dir)
+        m = evaluate_bundle(cfg, model_dir, out)
+    except (FileNotFoundError, EmptySplitError, ModelLoadError, ValueError) as e:
+        raise _fail(str(e)) from None
+    c = m["conformal"]
+    typer.echo(
+        f"evaluated {model_dir} on {m['n_test']:,} test papers -> {out}/report.md\n"
+        f"  accuracy {m['accuracy']:.4f}, top-3 {m['top3_accuracy']:.4f}, "
+        f"macro-F1 {m['macro_f1']:.4f}, weighted-F1 {m['weighted_f1']:.4f}\n"
+        f"  ECE {m['ece_before']:.4f} -> {m['ece_after']:.4f} (T={m['temperature']:.3f}); "
+        f"conformal {c['method']} target {c['target']:.2f}: coverage {c['coverage']:.4f}, "
+        f"mean set size {c['mean_set_size']:.2f}"
     )
 
 

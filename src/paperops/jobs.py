@@ -1,0 +1,88 @@
+"""Glue between the CLI and the library: evaluate a trained bundle and record it in MLflow.
+
+Kept out of cli.py so benchmarks and tests call the same code the command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from paperops.data.datamodule import data_hash, load_splits_for_model, read_labels
+from paperops.models.base import ModelLoadError, load_classifier, read_meta
+from paperops.train import TRAINING_FILE
+
+log = logging.getLogger(__name__)
+
+
+def training_info(model_dir: Path) -> dict[str, Any]:
+    """training.json of a bundle ({} for bundles made outside `paperops train`)."""
+    path = Path(model_dir) / TRAINING_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path} is corrupt ({e}); retrain or restore the bundle") from e
+
+
+def evaluate_bundle(
+    cfg: DictConfig, model_dir: Path, report_dir: Path, *, log_to_mlflow: bool = True
+) -> dict[str, Any]:
+    """Evaluate a bundle on the test split it was trained for (same caps and seed)."""
+    from paperops.evaluate import EvalConfig, evaluate_classifier
+
+    model_dir, report_dir = Path(model_dir), Path(report_dir)
+    read_meta(model_dir)  # a clear error before any data is read
+    info = training_info(model_dir)
+    processed = Path(cfg.train.processed_dir)
+    labels, _ = read_labels(processed)
+    if info.get("data_hash") and info["data_hash"] != data_hash(processed):
+        log.warning(
+            "%s was trained on different data (hash %s) than %s: the metrics describe this data",
+            model_dir,
+            info["data_hash"][:12],
+            processed,
+        )
+    max_rows = info.get("max_rows") or OmegaConf.to_container(cfg.train.max_rows)
+    seed = int(info.get("seed", cfg.seed))
+    model = load_classifier(model_dir, expected_labels=labels)
+    splits, _ = load_splits_for_model(
+        processed, ("train", "calibration", "test"), max_rows=max_rows, seed=seed
+    )
+    ecfg = EvalConfig.from_config(OmegaConf.to_container(cfg.evaluate, resolve=True))
+    run_name = str(info.get("run_name") or model_dir.name)
+    metrics = evaluate_classifier(model, splits, report_dir, ecfg, run_name=run_name)
+    if log_to_mlflow and info.get("run_id"):
+        _log_evaluation(cfg, info["run_id"], metrics, report_dir)
+    return metrics
+
+
+def _log_evaluation(
+    cfg: DictConfig, run_id: str, metrics: dict[str, Any], report_dir: Path
+) -> None:
+    """Test metrics and the report go into the training run, so one run holds the whole story."""
+    import mlflow
+
+    from paperops import tracking
+
+    tracking.setup_mlflow(cfg.logger)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            flat = {
+                f"test_{k}": float(v)
+                for k, v in metrics.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            }
+            conformal = metrics.get("conformal", {})
+            for k in ("coverage", "mean_set_size"):
+                if k in conformal:
+                    flat[f"test_conformal_{k}"] = float(conformal[k])
+            mlflow.log_metrics(flat)
+            mlflow.log_artifacts(str(report_dir), artifact_path="evaluation")
+    except mlflow.exceptions.MlflowException as e:
+        log.warning("could not log the evaluation to MLflow run %s: %s", run_id, e)

@@ -1,0 +1,242 @@
+"""`paperops train`: one function from a composed config to a registered, calibrated bundle.
+
+Reads like the pipeline it is: seed -> data -> fit -> validate -> calibrate -> save bundle
+(atomically) -> track -> register behind the champion gate. Families differ only in how they
+are built and fitted (`build_classifier`, `fit_classifier`); everything after is shared.
+Under DDP every rank runs this file (Lightning re-executes the command for ranks > 0); only
+global rank 0 tracks, saves and registers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from paperops.data.datamodule import TextSplit, data_hash, load_splits_for_model
+from paperops.io import atomic_dir, atomic_write_text
+from paperops.models.base import CALIBRATION_FILE, Classifier, family_class
+
+log = logging.getLogger(__name__)
+TRAINING_FILE = "training.json"
+
+
+@dataclass
+class TrainResult:
+    bundle_dir: Path
+    family: str
+    val_metrics: dict[str, float]
+    train_seconds: float
+    run_id: str | None = None
+    decision: dict[str, Any] | None = None
+    fit_summary: dict[str, Any] = field(default_factory=dict)
+
+
+def is_global_rank_zero() -> bool:
+    """True in the process that owns outputs: rank 0 under torchrun/Lightning DDP, or no DDP."""
+    if "RANK" in os.environ:
+        return os.environ["RANK"] == "0"
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    try:
+        import torch
+    except ImportError:  # the tfidf family needs no torch
+        return
+    torch.manual_seed(seed)
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def build_classifier(model_cfg: Mapping[str, Any], labels: list[str]) -> Any:
+    """The family's classifier object from `model.*` (the family key picks the class)."""
+    params = {k: v for k, v in dict(_plain(model_cfg)).items() if k != "family"}
+    family = model_cfg["family"]
+    cls = family_class(family)
+    if family == "tfidf":
+        from paperops.models.tfidf import TfidfConfig
+
+        return cls(labels=labels, config=TfidfConfig(**params))
+    config_cls = {"embedding": "EmbeddingConfig", "finetune": "FinetuneConfig"}[family]
+    module = __import__(cls.__module__, fromlist=[config_cls])
+    return cls(labels, getattr(module, config_cls).from_dict(params))
+
+
+def fit_classifier(
+    model: Any,
+    splits: Mapping[str, TextSplit],
+    cfg: DictConfig,
+    *,
+    loggers: list[Any],
+    work_dir: Path,
+    callbacks: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Fit in place; returns the family's fit summary (best epoch, seconds, ...)."""
+    train, val = splits["train"], splits["val"]
+    if model.family == "tfidf":
+        t0 = time.perf_counter()
+        model.fit(train.texts, [model.labels[i] for i in train.y])
+        return {"train_seconds": time.perf_counter() - t0}
+    model.fit(
+        train,
+        val,
+        trainer_cfg=_plain(cfg.trainer),
+        loggers=loggers,
+        work_dir=work_dir,
+        seed=int(cfg.seed),
+        callbacks=callbacks or [],
+    )
+    return dict(getattr(model, "fit_summary", {}))
+
+
+def split_metrics(model: Classifier, split: TextSplit, prefix: str) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    pred = model.logits(split.texts).argmax(axis=1)
+    return {
+        f"{prefix}_accuracy": float(accuracy_score(split.y, pred)),
+        f"{prefix}_macro_f1": float(
+            f1_score(split.y, pred, average="macro", labels=range(len(model.labels)))
+        ),
+    }
+
+
+def train(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainResult | None:
+    """Train `cfg.model.family` on `cfg.train.processed_dir`; None on DDP ranks other than 0."""
+    from paperops.evaluate import EvalConfig, fit_calibration
+
+    t_start = time.perf_counter()
+    seed_everything(int(cfg.seed))
+    tcfg = cfg.train
+    processed = Path(tcfg.processed_dir)
+    max_rows = dict(_plain(tcfg.max_rows) or {})
+    splits, labels = load_splits_for_model(
+        processed, ("train", "val", "calibration"), max_rows=max_rows, seed=int(cfg.seed)
+    )
+    log.info(
+        "training %s on %s: %s",
+        cfg.model.family,
+        processed,
+        ", ".join(f"{k}={len(v):,}" for k, v in splits.items()),
+    )
+    model = build_classifier(cfg.model, labels)
+    rank_zero = is_global_rank_zero()
+    track = bool(tcfg.track) and rank_zero
+    register = track and bool(tcfg.register)
+    out_dir = Path(tcfg.output_dir)
+    work_dir = Path(cfg.paths.get("work", "outputs")) / str(tcfg.run_name)
+
+    run_ctx = None
+    loggers: list[Any] = []
+    if track:
+        from paperops import tracking
+
+        run_ctx = tracking.start_run(
+            cfg.logger,
+            run_name=str(tcfg.run_name),
+            config=cfg,
+            tags={"family": str(cfg.model.family)},
+            data_dir=processed,
+        )
+        run = run_ctx.__enter__()
+        loggers = tracking.lightning_loggers(cfg.logger, run.run_id)
+    try:
+        fit_summary = fit_classifier(
+            model, splits, cfg, loggers=loggers, work_dir=work_dir, callbacks=callbacks
+        )
+        if not rank_zero:
+            return None
+        train_seconds = float(fit_summary.get("train_seconds", time.perf_counter() - t_start))
+        val_metrics = split_metrics(model, splits["val"], "val")
+        log.info("validation: %s", json.dumps({k: round(v, 4) for k, v in val_metrics.items()}))
+        cal = splits["calibration"]
+        calibration = fit_calibration(
+            model.logits(cal.texts), cal.y, EvalConfig.from_config(_plain(cfg.evaluate))
+        )
+        info = {
+            "family": str(cfg.model.family),
+            "run_name": str(tcfg.run_name),
+            "run_id": run.run_id if track else None,
+            "tracking_uri": str(cfg.logger.tracking_uri) if track else None,
+            "processed_dir": str(processed),
+            "data_hash": data_hash(processed),
+            "max_rows": max_rows,
+            "seed": int(cfg.seed),
+            "rows": {k: len(v) for k, v in splits.items()},
+            "val_metrics": val_metrics,
+            "train_seconds": train_seconds,
+            "fit_summary": fit_summary,
+            "config": _plain(cfg),
+        }
+        with atomic_dir(out_dir) as tmp:
+            model.save(tmp)
+            atomic_write_text(tmp / CALIBRATION_FILE, json.dumps(calibration.to_dict(), indent=2))
+            atomic_write_text(tmp / TRAINING_FILE, json.dumps(info, indent=2, default=str) + "\n")
+        log.info("saved the bundle to %s", out_dir)
+        result = TrainResult(
+            out_dir, str(cfg.model.family), val_metrics, train_seconds, fit_summary=fit_summary
+        )
+        if track:
+            result.run_id = run.run_id
+            result.decision = _track_and_register(
+                cfg, run, out_dir, val_metrics, train_seconds, register=register
+            )
+        return result
+    except BaseException as e:
+        if run_ctx is not None:
+            run_ctx.__exit__(type(e), e, e.__traceback__)
+            run_ctx = None
+        raise
+    finally:
+        if run_ctx is not None:
+            run_ctx.__exit__(None, None, None)
+
+
+def _track_and_register(
+    cfg: DictConfig,
+    run: Any,
+    bundle_dir: Path,
+    val_metrics: dict[str, float],
+    train_seconds: float,
+    *,
+    register: bool,
+) -> dict[str, Any] | None:
+    """Log the bundle to the run, then register it; the gate decides whether it is champion."""
+    from paperops import registry, tracking
+
+    run.log_metrics({**val_metrics, "train_seconds": train_seconds})
+    model_uri = tracking.log_model_bundle(run, bundle_dir)
+    if not register:
+        return None
+    decision = registry.register_candidate(
+        cfg.logger,
+        run_id=run.run_id,
+        model_uri=model_uri,
+        score=val_metrics["val_macro_f1"],
+        metric="val_macro_f1",
+        tags={
+            "family": str(cfg.model.family),
+            "data_hash": data_hash(Path(cfg.train.processed_dir)),
+        },
+    )
+    d = asdict(decision)
+    run.set_tags(
+        {"registry.version": str(decision.version), "registry.promoted": str(decision.promoted)}
+    )
+    log.info("registry: %s", decision.reason)
+    return d
