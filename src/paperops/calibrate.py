@@ -216,6 +216,7 @@ def plot_reliability(
             fig.savefig(f, format="png", dpi=100)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -60,6 +60,7 @@ class ConformalPredictor:
     alpha: float = 0.1
     randomized: bool = False
     seed: int = 0
+    allow_empty: bool = False
     qhat: float | None = None
     n_cal: int = 0
 
@@ -102,13 +103,20 @@ class ConformalPredictor:
         return self
 
     def predict_sets(self, probs: Any) -> list[list[int]]:
-        """Per row, the classes with score <= qhat, most probable first; never empty (top-1)."""
+        """Per row, the classes with score <= qhat, most probable first.
+
+        With `allow_empty=False` a set always holds at least the top-1 class, which makes coverage
+        at least the model's accuracy; an accurate model then over-covers a 90% target. Exact
+        coverage needs the randomized score and empty sets ("abstain: no class is needed to reach
+        1 - alpha"), which `allow_empty=True` permits.
+        """
         if self.qhat is None:
             raise RuntimeError("ConformalPredictor is not fitted; call fit() first")
         p = check_probs(probs)
         order, s = _sorted_scores(p, self.method, self._u(len(p), 1))
         keep = s <= self.qhat
-        keep[:, 0] = True
+        if not self.allow_empty:
+            keep[:, 0] = True
         return [o[m].tolist() for o, m in zip(order, keep, strict=True)]
 
     def evaluate(self, probs: Any, labels: Any) -> dict[str, float]:
@@ -126,6 +134,7 @@ class ConformalPredictor:
             "method": self.method,
             "alpha": self.alpha,
             "randomized": self.randomized,
+            "allow_empty": self.allow_empty,
             "seed": self.seed,
             "qhat": self.qhat,
             "n_cal": self.n_cal,
@@ -138,6 +147,7 @@ class ConformalPredictor:
             method=str(d["method"]),
             alpha=float(d["alpha"]),
             randomized=bool(d.get("randomized", False)),
+            allow_empty=bool(d.get("allow_empty", False)),
             seed=int(d.get("seed", 0)),
             qhat=None if qhat is None else float(qhat),
             n_cal=int(d.get("n_cal", 0)),
