@@ -154,7 +154,8 @@ def train(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainResult
             data_dir=processed,
         )
         run = run_ctx.__enter__()
-        loggers = tracking.lightning_loggers(cfg.logger, run.run_id)
+        loggers = tracking.lightning_loggers(cfg.logger, run.run_id, run_name=str(tcfg.run_name))
+        tracking.log_params_to_wandb(loggers, cfg)
     try:
         fit_summary = fit_classifier(
             model, splits, cfg, loggers=loggers, work_dir=work_dir, callbacks=callbacks
