@@ -25,10 +25,11 @@ $(STAMP): pyproject.toml requirements/*.txt
 
 install: $(STAMP)  ## create .venv and install paperops with all extras
 
-demo: $(STAMP)  ## run the pipeline end to end on the dev data (dvc repro: only what changed)
+demo: $(STAMP)  ## prepare -> validate -> train + evaluate tfidf and an embedding head (dvc repro)
 	dvc repro
-	@echo; cat data/processed/data_card.md | head -40
-	@echo; cat reports/data/validation.json | head -5
+	@echo; head -12 data/processed/data_card.md
+	@for r in tfidf demo_embedding; do echo; echo "== reports/$$r/report.md"; sed -n '1,30p' reports/$$r/report.md; done
+	@echo; paperops models list
 
 test: $(STAMP)  ## run the whole test suite
 	$(BIN)/python -m pytest -q
@@ -48,4 +49,4 @@ bench: $(STAMP)  ## run the benchmarks and rewrite docs/benchmarks.md
 	$(BIN)/python benchmarks/run.py
 
 clean:  ## remove generated outputs (keeps .venv)
-	rm -rf data reports outputs multirun .pytest_cache .ruff_cache
+	rm -rf data reports outputs multirun models optuna .pytest_cache .ruff_cache

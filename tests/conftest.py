@@ -348,3 +348,64 @@ def _restore_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+# ---- neural families: a tiny sentence-transformers encoder built from the test texts ----
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT with mean pooling, in sentence-transformers layout.
+
+    Its WordPiece vocabulary is trained on the DEFAULT_COUNTS texts, so every test word is a
+    token; `load_encoder(str(dir))` and `SentenceTransformer(str(dir))` both load it.
+    """
+    import os
+
+    import torch
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    out = tmp_path_factory.mktemp("tiny_encoder")
+    texts = [f"{r['title']}. {r['abstract']}" for r in make_records(DEFAULT_COUNTS)]
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(texts, vocab_size=400, min_frequency=1)
+    # transformers 5: the vocabulary is `vocab=` (a dict or a vocab.txt path), not `vocab_file=`
+    tokenizer = BertTokenizerFast(vocab=wordpiece.get_vocab(), do_lower_case=True)
+    tokenizer.model_max_length = 128
+    tokenizer.save_pretrained(out)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(out)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    (out / "modules.json").write_text(json.dumps(modules))
+    (out / "1_Pooling").mkdir()
+    pooling = {
+        "word_embedding_dimension": 32,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    (out / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 128, "do_lower_case": False})
+    )
+    return out

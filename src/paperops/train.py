@@ -160,8 +160,8 @@ def train(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainResult
         fit_summary = fit_classifier(
             model, splits, cfg, loggers=loggers, work_dir=work_dir, callbacks=callbacks
         )
-        if not rank_zero:
-            return None
+        if not rank_zero or fit_summary.get("global_rank", 0) != 0:
+            return None  # DDP: every rank returns from fit; only global rank 0 owns outputs
         train_seconds = float(fit_summary.get("train_seconds", time.perf_counter() - t_start))
         val_metrics = split_metrics(model, splits["val"], "val")
         log.info("validation: %s", json.dumps({k: round(v, 4) for k, v in val_metrics.items()}))

@@ -214,7 +214,7 @@ def test_load_config_defaults(repo_configs: Path) -> None:
     assert cfg.data.min_count == 50
     assert cfg.data.label_level == "archive"
     assert cfg.data.output_dir == "data/processed"
-    assert cfg.model.name == "tfidf"
+    assert cfg.model.family == "tfidf"
 
 
 def test_load_config_overrides_compose(repo_configs: Path) -> None:

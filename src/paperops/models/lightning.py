@@ -1,0 +1,352 @@
+"""What the Lightning families share: the Trainer from config, threads, seeding, class weights,
+and a LightningModule base that computes the loss and the per-epoch validation metrics.
+
+`configs/trainer/*.yaml` is the contract: `build_trainer` turns those keys into callbacks
+(best checkpoint + last, early stopping, progress bar) and Trainer arguments; any other key must
+be a real `lightning.Trainer` argument (e.g. `num_sanity_val_steps`), so a typo fails loudly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ClassificationModule",
+    "balanced_class_weights",
+    "build_trainer",
+    "class_weight_tensor",
+    "compute_device",
+    "configure_threads",
+    "fit_module",
+    "peer_wait_seconds",
+    "quiet_lightning",
+    "read_bundle_meta",
+    "read_safetensors",
+    "seed_everything",
+    "write_safetensors",
+]
+
+# trainer-config keys that are ours, not Trainer arguments
+_OWN_KEYS = frozenset({"monitor", "mode", "patience", "num_threads", "defaults"})
+_TRAINER_ARGS = frozenset(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+_NOISY_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*number of training batches .* is smaller than the logging interval.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+)
+
+
+def seed_everything(seed: int) -> int:
+    """Seed python, numpy and torch (and dataloader workers) so a run is repeatable."""
+    return L.seed_everything(int(seed), workers=True, verbose=False)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(trainer_cfg: Mapping[str, Any]) -> int:
+    """Set torch intra-op threads from `num_threads`; returns the count in effect.
+
+    null + several processes on CPU -> cores // devices each: two processes each using every
+    core of a 2-core machine run ~10x slower than one.
+    """
+    n = trainer_cfg.get("num_threads")
+    devices = trainer_cfg.get("devices", 1)
+    on_cpu = str(trainer_cfg.get("accelerator", "auto")) == "cpu" or not torch.cuda.is_available()
+    if n is None and isinstance(devices, int) and devices > 1 and on_cpu:
+        n = max(1, _cpu_count() // devices)
+    if n is not None:
+        torch.set_num_threads(int(n))
+    return torch.get_num_threads()
+
+
+def balanced_class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """sklearn's "balanced": n_samples / (n_present_classes * count); absent classes get 1."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes)
+    weights = np.ones(n_classes, dtype=np.float64)
+    present = counts > 0
+    weights[present] = len(y) / (present.sum() * counts[present])
+    return weights
+
+
+def class_weight_tensor(mode: str | None, y: np.ndarray, n_classes: int) -> torch.Tensor | None:
+    """Loss weights for `class_weight: balanced | null`."""
+    if mode is None:
+        return None
+    if mode != "balanced":
+        raise ValueError(f"class_weight must be 'balanced' or null, got {mode!r}")
+    return torch.tensor(balanced_class_weights(y, n_classes), dtype=torch.float32)
+
+
+def build_trainer(
+    trainer_cfg: Mapping[str, Any],
+    *,
+    loggers: list[Any],
+    ckpt_dir: Path,
+    monitor: str,
+    mode: str,
+    callbacks: list[Any] | None = None,
+) -> L.Trainer:
+    """A Trainer from a `configs/trainer` mapping: best-by-`monitor` + last checkpoints in
+    `ckpt_dir`, early stopping after `patience` epochs without improvement, TQDM progress."""
+    if mode not in ("min", "max"):
+        raise ValueError(f"trainer mode must be 'min' or 'max', got {mode!r}")
+    unknown = sorted(set(trainer_cfg) - _OWN_KEYS - _TRAINER_ARGS)
+    if unknown:
+        raise ValueError(
+            f"unknown trainer config keys {unknown}: use the keys of configs/trainer/default.yaml "
+            "or lightning.Trainer arguments"
+        )
+    configure_threads(trainer_cfg)
+    kwargs = {k: v for k, v in trainer_cfg.items() if k not in _OWN_KEYS and k in _TRAINER_ARGS}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    ckpt_dir = Path(ckpt_dir)
+    cbs: list[Any] = [
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="best-{epoch:03d}",
+            monitor=monitor,
+            mode=mode,
+            save_top_k=1,
+            save_last=True,
+        ),
+        EarlyStopping(monitor=monitor, mode=mode, patience=int(trainer_cfg.get("patience", 3))),
+    ]
+    if kwargs.get("enable_progress_bar", True):
+        cbs.append(TQDMProgressBar())
+    cbs += list(callbacks or [])  # e.g. Optuna pruning
+    return L.Trainer(
+        **kwargs,
+        logger=list(loggers) if loggers else False,
+        callbacks=cbs,
+        default_root_dir=ckpt_dir.parent,
+    )
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's advice that does not apply here (in-memory tensors need no workers)."""
+    with warnings.catch_warnings():
+        for pattern in _NOISY_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
+
+
+class ClassificationModule(L.LightningModule):
+    """Loss + metrics for a k-class classifier; subclasses give `forward_batch` and optimizers.
+
+    Logged per epoch: train_loss, val_loss (averaged across DDP ranks with sync_dist=True),
+    val_acc and val_macro_f1 (torchmetrics objects: their states are reduced across ranks
+    before compute, so every rank sees the same value for early stopping and checkpointing).
+    """
+
+    def __init__(
+        self, n_classes: int, class_weights: torch.Tensor | None, label_smoothing: float
+    ) -> None:
+        super().__init__()
+        self.n_classes = n_classes
+        self.label_smoothing = float(label_smoothing)
+        weights = class_weights if class_weights is not None else torch.ones(n_classes)
+        self.class_weights: torch.Tensor
+        self.register_buffer("class_weights", weights.float(), persistent=False)
+        self.val_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
+        self.val_f1 = MulticlassF1Score(num_classes=n_classes, average="macro")
+        self.seen_ranks: list[int] = []
+
+    def forward_batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, targets) of one batch."""
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits.float(), y, weight=self.class_weights, label_smoothing=self.label_smoothing
+        )
+
+    def on_train_start(self) -> None:
+        ranks = self.all_gather(torch.tensor([self.global_rank], device=self.device))
+        self.seen_ranks = sorted(int(r) for r in torch.as_tensor(ranks).flatten().tolist())
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        logits, y = self.forward_batch(batch)
+        loss = self.loss(logits, y)
+        self.log(
+            "train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(y)
+        )
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        logits, y = self.forward_batch(batch)
+        loss = self.loss(logits, y)
+        preds = logits.argmax(dim=-1)
+        self.val_acc.update(preds, y)
+        self.val_f1.update(preds, y)
+        self.log("val_loss", loss, on_epoch=True, sync_dist=True, batch_size=len(y))
+        self.log("val_acc", self.val_acc, on_step=False, on_epoch=True)
+        self.log("val_macro_f1", self.val_f1, on_step=False, on_epoch=True, prog_bar=True)
+
+
+def fit_module(
+    module: ClassificationModule,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    *,
+    trainer_cfg: Mapping[str, Any],
+    loggers: list[Any],
+    ckpt_dir: Path,
+    callbacks: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Train with early stopping, then load the best checkpoint's weights back into `module`.
+
+    Returns the fit summary (best epoch and score, epochs run, seconds, DDP ranks). Under DDP
+    every rank returns here with the same best weights (the checkpoint path is broadcast and
+    written before a barrier); only rank 0 should write outputs (`summary["global_rank"]`).
+    """
+    monitor = str(trainer_cfg.get("monitor", "val_macro_f1"))
+    mode = str(trainer_cfg.get("mode", "max"))
+    ckpt_dir = Path(ckpt_dir)
+    if int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 and ckpt_dir.is_dir():
+        # a previous run's checkpoints would only take disk (and versioned names); other ranks
+        # cannot have written any yet: the first checkpoint needs every rank's first epoch
+        for old in ckpt_dir.glob("*.ckpt"):
+            old.unlink(missing_ok=True)
+    trainer = build_trainer(
+        trainer_cfg,
+        loggers=loggers,
+        ckpt_dir=ckpt_dir,
+        monitor=monitor,
+        mode=mode,
+        callbacks=callbacks,
+    )
+    start = time.perf_counter()
+    with quiet_lightning():
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    train_seconds = time.perf_counter() - start
+    ckpt_cb = trainer.checkpoint_callback
+    best_path = getattr(ckpt_cb, "best_model_path", "") or ""
+    best_epoch: int | None = None
+    if best_path:
+        # A Lightning checkpoint is a torch pickle: weights_only=True refuses anything but
+        # tensors and plain containers.
+        state = torch.load(best_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"])
+        best_epoch = int(state.get("epoch", -1))
+    else:
+        log.warning("no best checkpoint (was %s ever logged?): keeping the last weights", monitor)
+    score = getattr(ckpt_cb, "best_model_score", None)
+    return {
+        "best_epoch": best_epoch,
+        "best_score": float(score) if score is not None else None,
+        "monitor": monitor,
+        "epochs_run": int(trainer.current_epoch),
+        "train_seconds": round(train_seconds, 3),
+        "best_checkpoint": best_path or None,
+        "world_size": int(trainer.world_size),
+        "global_rank": int(trainer.global_rank),
+        "ranks": list(module.seen_ranks),
+    }
+
+
+# ---- bundle files shared by the neural families (safetensors + JSON, never pickle) ----
+
+
+def write_safetensors(path: Path, state: Mapping[str, torch.Tensor]) -> None:
+    """Write tensors atomically (temp file + rename): a reader never sees half a file."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a bundle file, or a ModelLoadError that names the file and what to do."""
+    from safetensors.torch import load_file
+
+    from paperops.models.base import ModelLoadError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path} not found: retrain or restore it")
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise ModelLoadError(
+            f"{path} is corrupt ({type(e).__name__}: {e}); retrain or restore it"
+        ) from e
+
+
+def read_bundle_meta(directory: Path, family: str) -> dict[str, Any]:
+    """model.json of a `family` bundle, with clear errors for missing/corrupt/wrong family."""
+    import json
+
+    from paperops.models.base import META_FILE, ModelLoadError
+
+    meta_path = Path(directory) / META_FILE
+    if not meta_path.is_file():
+        raise ModelLoadError(
+            f"{meta_path} not found: {directory} is not a model bundle; retrain or restore it"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{meta_path} is corrupt ({e}); retrain or restore it") from e
+    if not isinstance(meta, dict) or meta.get("family") != family:
+        got = meta.get("family") if isinstance(meta, dict) else None
+        raise ModelLoadError(f"{meta_path} is a {got!r} model, not {family}")
+    for key in ("labels", "config", "encoder"):
+        if key not in meta:
+            raise ModelLoadError(f"{meta_path} lacks {key!r}; retrain or restore it")
+    return meta
+
+
+def peer_wait_seconds() -> float:
+    """How long a non-zero local DDP rank waits for rank 0's embedding cache files.
+
+    Under torchrun every rank starts at once; rank 0 embeds, the others wait for its files
+    rather than embed the same texts on the same cores. (Lightning's own launcher starts the
+    other ranks only inside `fit`, after rank 0 has written them, so there is no wait there.)
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    return 3600.0 if world > 1 and local > 0 else 0.0
+
+
+def compute_device(trainer_cfg: Mapping[str, Any]) -> torch.device:
+    """The device for work done outside the Trainer (embedding texts) on this process."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
+    return torch.device("cpu")

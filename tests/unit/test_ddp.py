@@ -1,0 +1,119 @@
+"""Real DDP on CPU: 2 gloo processes train the embedding head; compared with 1 process.
+
+Lightning's DDP launcher re-executes the running script for rank 1, so training runs in a real
+script file started with subprocess (not inside pytest).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("lightning")
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = '''
+"""Train the embedding head with `devices` CPU processes; rank 0 writes result.json + bundle."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from paperops.data.datamodule import load_splits_for_model
+from paperops.models.embedding import EmbeddingClassifier, EmbeddingConfig
+
+
+def main() -> None:
+    prepared, encoder, out, devices = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+    splits, labels = load_splits_for_model(Path(prepared))
+    config = EmbeddingConfig(
+        encoder=encoder, head="linear", lr=0.05, batch_size=8, cache_dir=str(out / "cache")
+    )
+    trainer_cfg = {
+        "accelerator": "cpu",
+        "devices": devices,
+        "strategy": "ddp" if devices > 1 else "auto",
+        "num_threads": 1,
+        "max_epochs": 4,
+        "patience": 4,
+        "monitor": "val_macro_f1",
+        "mode": "max",
+        "deterministic": True,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "log_every_n_steps": 1,
+    }
+    clf = EmbeddingClassifier(labels, config).fit(
+        splits["train"], splits["val"], trainer_cfg=trainer_cfg, loggers=[], work_dir=out, seed=0
+    )
+    logits = clf.logits(splits["test"].texts)
+    summary = clf.fit_summary
+    if summary["global_rank"] != 0:  # every rank returns from fit; only rank 0 writes
+        return
+    clf.save(out / "bundle")
+    result = {
+        "shape": list(logits.shape),
+        "labels": clf.labels,
+        "ranks": summary["ranks"],
+        "world_size": summary["world_size"],
+        "finite": bool(np.isfinite(logits).all()),
+        "logits": logits.tolist(),
+    }
+    (out / "result.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def _run(script: Path, prepared: Path, encoder: Path, out: Path, devices: int) -> dict:
+    out.mkdir(parents=True)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        PYTHONWARNINGS="ignore",
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script), str(prepared), str(encoder), str(out), str(devices)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=out,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((out / "result.json").read_text())
+
+
+def test_ddp_two_cpu_processes_match_one(_prepared_once: Path, tiny_encoder_dir: Path, tmp_path):
+    script = tmp_path / "train_ddp.py"
+    script.write_text(SCRIPT)
+    single = _run(script, _prepared_once, tiny_encoder_dir, tmp_path / "one", 1)
+    ddp = _run(script, _prepared_once, tiny_encoder_dir, tmp_path / "two", 2)
+
+    assert single["ranks"] == [0] and single["world_size"] == 1
+    assert ddp["ranks"] == [0, 1] and ddp["world_size"] == 2  # both ranks trained
+    assert ddp["shape"] == single["shape"] and ddp["labels"] == single["labels"]
+    assert ddp["finite"] and single["finite"]
+    # rank 0 alone wrote the outputs, and its bundle loads in this (non-distributed) process
+    outputs = sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert outputs == ["bundle", "cache", "checkpoints", "result.json"]
+    import numpy as np
+
+    from paperops.data.datamodule import load_splits_for_model
+    from paperops.models.base import load_classifier
+
+    splits, labels = load_splits_for_model(_prepared_once, ["test"])
+    loaded = load_classifier(tmp_path / "two" / "bundle", expected_labels=labels)
+    np.testing.assert_allclose(loaded.logits(splits["test"].texts), ddp["logits"], atol=1e-6)
