@@ -8,6 +8,11 @@ the 70/10/10/10 split (test = the held-out 10%, calibration fits temperature + c
 Scales: `full` (no caps; embedding all 113k papers wants a GPU: ~35 min once on 2 cores, then
 cached) and `cpu` (the neural families on stratified caps so the run fits a 2-core machine).
 Pick with PAPEROPS_BENCH_SCALE; default `full` when CUDA is available, else `cpu`.
+Other knobs (env): PAPEROPS_BENCH_MODELS=tfidf,embedding (a subset), PAPEROPS_BENCH_MERGE=1
+(update the models of an earlier results file instead of replacing it; the baseline is kept
+unless re-measured), PAPEROPS_BENCH_BASELINE=0 (skip it), PAPEROPS_BENCH_ENCODER=/path (the
+encoder of the neural families), PAPEROPS_BENCH_OVERRIDES="a=1;b=2" (extra Hydra overrides for
+the neural families, e.g. a bigger batch on a GPU).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, SHARED, write_result
+from benchmarks.common import REPO, RESULTS, SHARED, write_result
 
 RAW = SHARED / "data" / "arxiv" / "arxiv-metadata.jsonl.gz"
 CPU_CAPS = "train.max_rows={train: 20000, val: 2000, calibration: 4000, test: 4000}"
@@ -97,14 +102,21 @@ def run() -> dict[str, Any]:
     )
     only = [m for m in os.environ.get("PAPEROPS_BENCH_MODELS", "").split(",") if m]
     extra = [o for o in os.environ.get("PAPEROPS_BENCH_OVERRIDES", "").split(";") if o]
+    if encoder := os.environ.get("PAPEROPS_BENCH_ENCODER"):
+        extra.append(f"model.encoder={encoder}")
+    merge = os.environ.get("PAPEROPS_BENCH_MERGE") == "1" and (RESULTS / "quality.json").is_file()
+    previous = json.loads((RESULTS / "quality.json").read_text()) if merge else {}
     work = Path(tempfile.mkdtemp(prefix="paperops-quality-"))
     cache_dir = os.environ.get("PAPEROPS_EMBED_CACHE", str(REPO / "data/cache/embeddings"))
     processed = _processed_dir(work)
     print(f"quality: scale={scale}, data={processed}", flush=True)
-    base = baseline(processed)
+    if os.environ.get("PAPEROPS_BENCH_BASELINE", "1") == "1" or "baseline" not in previous:
+        base = baseline(processed)
+    else:
+        base = previous["baseline"]
     print(f"baseline: {base}", flush=True)
-    models: dict[str, Any] = {}
-    reports: dict[str, Any] = {}
+    models: dict[str, Any] = dict(previous.get("models", {}))
+    reports: dict[str, Any] = dict(previous.get("reports", {}))
     label_level, test_size = "archive", None
     for name, overrides in SCALES[scale].items():
         if only and name not in only:
@@ -113,7 +125,7 @@ def run() -> dict[str, Any]:
             [
                 *overrides,
                 *(["trainer=gpu"] if torch.cuda.is_available() and name != "tfidf" else []),
-                *extra,
+                *(extra if name != "tfidf" else []),
                 f"train.processed_dir={processed}",
                 "train.track=false",
                 f"train.output_dir={work / 'models' / name}",
@@ -149,9 +161,8 @@ def run() -> dict[str, Any]:
                 k: m["conformal"][k] for k in ("method", "target", "coverage", "mean_set_size")
             },
             "behavioural": {
-                k: v.get("pass_rate")
-                for k, v in m.get("behavioural", {}).items()
-                if isinstance(v, dict)
+                **{k: v["pass_rate"] for k, v in m["behavioural"]["invariance"].items()},
+                "directional": m["behavioural"]["directional"]["pass_rate"],
             },
         }
         reports[name] = str(report_dir)
@@ -161,7 +172,7 @@ def run() -> dict[str, Any]:
     best = max(models, key=lambda k: models[k]["macro_f1"])
     result = {
         "label_level": label_level,
-        "test_size": test_size or models[best]["test_size"],
+        "test_size": test_size or previous.get("test_size") or models[best]["test_size"],
         "scale": scale,
         "device": torch.cuda.get_device_name(0)
         if torch.cuda.is_available()

@@ -83,7 +83,9 @@ def nll(logits: Any, labels: Any, temperature: float = 1.0) -> float:
     return float(-log_softmax(z, temperature)[np.arange(len(y)), y].mean())
 
 
-def fit_temperature(logits: Any, labels: Any, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+def fit_temperature(
+    logits: Any, labels: Any, bounds: tuple[float, float] = (0.005, 100.0)
+) -> float:
     """The T in `bounds` minimising the NLL of softmax(logits / T) on a held-out split.
 
     Searched over log T: the NLL is convex in 1/T, hence unimodal in log T, which suits a bounded
@@ -112,7 +114,7 @@ class TemperatureScaler:
     """One scalar T fitted on a calibration split; saved as JSON next to the model, no pickle."""
 
     temperature: float = 1.0
-    bounds: tuple[float, float] = (0.05, 20.0)
+    bounds: tuple[float, float] = (0.005, 100.0)
 
     def fit(self, logits: Any, labels: Any) -> TemperatureScaler:
         self.temperature = fit_temperature(logits, labels, self.bounds)

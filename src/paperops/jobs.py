@@ -51,6 +51,7 @@ def evaluate_bundle(
     max_rows = info.get("max_rows") or OmegaConf.to_container(cfg.train.max_rows)
     seed = int(info.get("seed", cfg.seed))
     model = load_classifier(model_dir, expected_labels=labels)
+    _prepare_for_inference(model, info)
     splits, _ = load_splits_for_model(
         processed, ("train", "calibration", "test"), max_rows=max_rows, seed=seed
     )
@@ -60,6 +61,18 @@ def evaluate_bundle(
     if log_to_mlflow and info.get("run_id"):
         _log_evaluation(cfg, info["run_id"], metrics, report_dir)
     return metrics
+
+
+def _prepare_for_inference(model: Any, info: dict[str, Any]) -> None:
+    """Reuse the training run's embedding cache, and use a GPU when there is one."""
+    cache_dir = ((info.get("config") or {}).get("model") or {}).get("cache_dir")
+    if getattr(model, "family", None) == "embedding" and cache_dir:
+        model.cache_dir = Path(cache_dir)
+    if hasattr(model, "to"):
+        import torch
+
+        if torch.cuda.is_available():
+            model.to("cuda")
 
 
 def _log_evaluation(

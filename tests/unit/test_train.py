@@ -143,3 +143,76 @@ def test_sweep_without_search_config_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.fixture(autouse=True)
 def _cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _neural(tmp_path: Path, prepared_dir: Path, encoder: Path, family: str, *extra: str) -> list:
+    """The tfidf overrides with the family's preset, the tiny encoder and a 1-thread CPU run."""
+    base = [
+        o for o in _overrides(tmp_path, prepared_dir) if not o.startswith(("model.", "train.out"))
+    ]
+    return [
+        *base,
+        f"experiment={family}",
+        f"model.encoder={encoder}",
+        f"train.output_dir={tmp_path}/models/{family}",
+        "trainer.accelerator=cpu",
+        "trainer.num_threads=1",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("family", "extra"),
+    [
+        ("embedding", ["model.lr=0.01", "trainer.max_epochs=8", "model.batch_size=16"]),
+        ("finetune", ["model.lr=0.001", "trainer.max_epochs=4", "model.batch_size=8"]),
+    ],
+)
+def test_neural_family_trains_tracks_and_evaluates(
+    tmp_path: Path, prepared_dir: Path, tiny_encoder_dir: Path, family: str, extra: list
+) -> None:
+    ov = _neural(tmp_path, prepared_dir, tiny_encoder_dir, family, *extra)
+    out = _run("train", *ov)
+    assert f"trained {family}" in out and "registry: paperops-classifier v1" in out
+    info = json.loads((tmp_path / "models" / family / "training.json").read_text())
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    history = client.get_metric_history(info["run_id"], "val_macro_f1")
+    assert len(history) == info["fit_summary"]["epochs_run"] >= 1  # one point per epoch
+    _run("evaluate", *ov)
+    metrics = json.loads((tmp_path / "reports" / family / "metrics.json").read_text())
+    assert metrics["model_family"] == family
+    assert metrics["accuracy"] >= 0.5  # four separable classes; chance is 0.25
+
+
+def test_embedding_sweep_prunes_with_lightning_callback(
+    tmp_path: Path, prepared_dir: Path, tiny_encoder_dir: Path
+) -> None:
+    ov = _neural(
+        tmp_path,
+        prepared_dir,
+        tiny_encoder_dir,
+        "embedding",
+        "hparams_search=embedding_optuna",
+        "hparams_search.n_trials=4",
+        "hparams_search.pruner.n_startup_trials=1",
+        "hparams_search.pruner.n_warmup_steps=0",
+        f"hparams_search.storage=sqlite:///{tmp_path}/optuna.db",
+        "trainer.max_epochs=3",
+        "train.track=false",
+    )
+    out = _run("train", "-m", *ov)
+    assert "4 trials" in out
+    summary = json.loads(
+        (tmp_path / "reports" / "sweeps" / "embedding_head" / "summary.json").read_text()
+    )
+    states = {t["state"] for t in summary["trials"]}
+    assert states <= {"COMPLETE", "PRUNED"} and "COMPLETE" in states
+    assert set(summary["best_params"]) == {
+        "model.lr",
+        "model.hidden_dim",
+        "model.dropout",
+        "model.head",
+    }

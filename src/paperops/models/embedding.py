@@ -249,6 +249,12 @@ class EmbeddingClassifier:
 
     # ---- inference ----
 
+    def to(self, device: str | torch.device) -> EmbeddingClassifier:
+        """Move the encoder (the expensive part) to `device`; the head stays on the CPU."""
+        if self.encoder is not None:
+            self.encoder.to(device)
+        return self
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) embeddings: through the cache when this instance has a cache_dir (and the
         batch has at least `cache_min_texts` texts)."""
