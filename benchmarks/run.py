@@ -1,7 +1,8 @@
 """Run the benchmarks and rewrite docs/benchmarks.md from their results.
 
 `python benchmarks/run.py` runs all; `python benchmarks/run.py prepare` runs one and keeps the
-other sections from their last saved results.
+other sections from their last saved results; `python benchmarks/run.py --render` only rewrites
+the page from the saved results.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ BENCHMARKS = ["prepare", "quality"]  # order of sections in docs/benchmarks.md
 
 
 def main(argv: list[str]) -> None:
-    wanted = argv or BENCHMARKS
+    render_only = "--render" in argv
+    argv = [a for a in argv if a != "--render"]
+    wanted = [] if render_only else (argv or BENCHMARKS)
     unknown = set(wanted) - set(BENCHMARKS)
     if unknown:
         raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; choose from {BENCHMARKS}")

@@ -208,6 +208,11 @@ def train(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainResult
             run_ctx.__exit__(None, None, None)
 
 
+def fit_summary_epochs(bundle_dir: Path) -> int:
+    info = json.loads((Path(bundle_dir) / TRAINING_FILE).read_text())
+    return int((info.get("fit_summary") or {}).get("epochs_run") or 0)
+
+
 def _track_and_register(
     cfg: DictConfig,
     run: Any,
@@ -220,7 +225,9 @@ def _track_and_register(
     """Log the bundle to the run, then register it; the gate decides whether it is champion."""
     from paperops import registry, tracking
 
-    run.log_metrics({**val_metrics, "train_seconds": train_seconds})
+    # after the per-epoch points: the score of the model actually kept (the best checkpoint)
+    step = int(fit_summary_epochs(bundle_dir))
+    run.log_metrics({**val_metrics, "train_seconds": train_seconds}, step=step)
     model_uri = tracking.log_model_bundle(run, bundle_dir)
     if not register:
         return None
