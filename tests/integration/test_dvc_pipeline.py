@@ -1,4 +1,4 @@
-"""`dvc repro` runs prepare -> validate offline, skips unchanged stages, and stops on bad data.
+"""`dvc repro` runs the pipeline offline, skips unchanged stages, and stops on bad data.
 
 Runs the repo's real dvc.yaml and configs in a scratch git repo whose ../shared holds a small file.
 """
@@ -27,13 +27,15 @@ CLASSES = {
 }
 
 
-def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _run(
+    cmd: list[str], cwd: Path, check: bool = True, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "PAPEROPS_SHARED": str(cwd.parent / "shared"),
     }
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -74,12 +76,13 @@ def project(tmp_path: Path) -> Path:
 
 
 def test_repro_runs_then_skips_then_reacts_to_params(project: Path) -> None:
-    first = _run([sys.executable, "-m", "dvc", "repro"], project)
+    """The data stages (`dvc repro validate` runs prepare -> validate only)."""
+    first = _run([sys.executable, "-m", "dvc", "repro", "validate"], project)
     assert "Running stage 'prepare'" in first.stdout and "Running stage 'validate'" in first.stdout
     assert (project / "data" / "processed" / "train.parquet").is_file()
     assert json.loads((project / "reports/data/validation.json").read_text())["ok"] is True
 
-    again = _run([sys.executable, "-m", "dvc", "repro"], project)
+    again = _run([sys.executable, "-m", "dvc", "repro", "validate"], project)
     assert "Running stage" not in again.stdout
     assert "didn't change, skipping" in again.stdout
 
@@ -87,7 +90,7 @@ def test_repro_runs_then_skips_then_reacts_to_params(project: Path) -> None:
     cfg = yaml.safe_load(params.read_text())
     cfg["fractions"] = {"train": 0.6, "val": 0.2, "calibration": 0.1, "test": 0.1}
     params.write_text(yaml.safe_dump(cfg))
-    third = _run([sys.executable, "-m", "dvc", "repro"], project)
+    third = _run([sys.executable, "-m", "dvc", "repro", "validate"], project)
     assert "Running stage 'prepare'" in third.stdout
 
     # The local default remote works offline: push, lose the outputs, pull them back.
@@ -107,3 +110,22 @@ def test_validation_failure_stops_the_pipeline(project: Path) -> None:
     report = json.loads((project / "reports/data/validation.json").read_text())
     assert [v["rule"] for v in report["violations"]] == ["min_rows_total"]
     assert "min_rows_total" in proc.stderr + proc.stdout
+
+
+def test_whole_pipeline_trains_evaluates_registers_then_skips(project: Path) -> None:
+    """prepare -> validate -> train/evaluate tfidf and the demo embedding head (real MiniLM)."""
+    first = _run([sys.executable, "-m", "dvc", "repro"], project, timeout=900)
+    for stage in ("train_tfidf", "evaluate_tfidf", "train_embedding", "evaluate_embedding"):
+        assert f"Running stage '{stage}'" in first.stdout
+    for name in ("tfidf", "demo_embedding"):
+        bundle = project / "models" / name
+        assert (bundle / "model.json").is_file() and (bundle / "calibration.json").is_file()
+        metrics = json.loads((project / "reports" / name / "metrics.json").read_text())
+        assert sum(r["support"] for r in metrics["per_class"]) == metrics["n_test"]
+        assert metrics["accuracy"] > 0.5  # four separable classes
+    assert (project / "mlruns" / "mlflow.db").is_file()
+
+    again = _run([sys.executable, "-m", "dvc", "repro"], project)
+    assert "Running stage" not in again.stdout
+    models = _run([sys.executable, "-m", "paperops.cli", "models", "list"], project)
+    assert "champion" in models.stdout or "*" in models.stdout
