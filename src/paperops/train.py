@@ -139,7 +139,7 @@ def train(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainResult
     track = bool(tcfg.track) and rank_zero
     register = track and bool(tcfg.register)
     out_dir = Path(tcfg.output_dir)
-    work_dir = Path(cfg.paths.get("work", "outputs")) / str(tcfg.run_name)
+    work_dir = Path(cfg.paths.work) / str(tcfg.run_name)
 
     run_ctx = None
     loggers: list[Any] = []

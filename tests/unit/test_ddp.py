@@ -117,3 +117,48 @@ def test_ddp_two_cpu_processes_match_one(_prepared_once: Path, tiny_encoder_dir:
     splits, labels = load_splits_for_model(_prepared_once, ["test"])
     loaded = load_classifier(tmp_path / "two" / "bundle", expected_labels=labels)
     np.testing.assert_allclose(loaded.logits(splits["test"].texts), ddp["logits"], atol=1e-6)
+
+
+def test_paperops_train_with_trainer_ddp_tracks_and_registers_once(
+    tmp_path: Path, prepared_dir: Path, tiny_encoder_dir: Path
+) -> None:
+    """The real entry point: `paperops train trainer=ddp` on 2 CPU processes. Lightning re-runs
+    the command for rank 1; only rank 0 may create the MLflow run and the registry version."""
+    db = tmp_path / "mlruns" / "mlflow.db"
+    cmd = [
+        sys.executable,
+        "-m",
+        "paperops.cli",
+        "train",
+        "experiment=embedding",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.num_threads=1",
+        "trainer.max_epochs=3",
+        "trainer.enable_progress_bar=false",
+        "model.head=linear",
+        "model.lr=0.05",
+        "model.batch_size=8",
+        f"model.encoder={tiny_encoder_dir}",
+        f"model.cache_dir={tmp_path / 'cache'}",
+        f"train.processed_dir={prepared_dir}",
+        f"train.output_dir={tmp_path / 'bundle'}",
+        f"paths.work={tmp_path / 'work'}",
+        f"logger.tracking_uri=sqlite:///{db}",
+        f"logger.artifact_location={tmp_path / 'artifacts'}",
+        "evaluate.alpha=0.2",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("trained embedding") == 1  # rank 1 reports nothing
+    info = json.loads((tmp_path / "bundle" / "training.json").read_text())
+    assert info["fit_summary"]["world_size"] == 2 and info["fit_summary"]["ranks"] == [0, 1]
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    versions = client.search_model_versions("name='paperops-classifier'")
+    assert len(versions) == 1

@@ -22,6 +22,7 @@ def _overrides(tmp_path: Path, prepared_dir: Path, *extra: str) -> list[str]:
         f"logger.artifact_location={tmp_path}/mlruns/artifacts",
         f"paths.reports={tmp_path}/reports",
         f"paths.models={tmp_path}/models",
+        f"paths.work={tmp_path}/outputs",
         f"train.output_dir={tmp_path}/models/tfidf",
         "model.min_df=1",
         "evaluate.alpha=0.2",  # the tiny calibration split has 6 rows: alpha 0.1 needs >= 9
