@@ -98,3 +98,21 @@ def test_bad_config_and_untrained_use(prepared_dir: Path) -> None:
         TfidfClassifier(["a", "b"]).logits(["x"])
     with pytest.raises(ValueError, match="not in the label map"):
         TfidfClassifier(["a", "b"]).fit(["x", "y"], ["a", "c"])
+
+
+def test_vocabulary_file_is_checked_against_the_model(trained, tmp_path: Path) -> None:
+    """The vocabulary lives in a compact JSON list next to model.skops; a missing or mismatched
+    one is refused with the file named."""
+    from paperops.models.tfidf import VOCAB_FILE
+
+    model, _ = trained
+    model.save(tmp_path / "m")
+    vocab = tmp_path / "m" / VOCAB_FILE
+    terms = json.loads(vocab.read_text())
+    assert len(terms) == len(model.pipeline.named_steps["tfidf"].vocabulary_)
+    vocab.write_text(json.dumps(terms[:-1]))
+    with pytest.raises(ModelLoadError, match="does not match"):
+        TfidfClassifier.load(tmp_path / "m")
+    vocab.unlink()
+    with pytest.raises(ModelLoadError, match="vocabulary.json not found"):
+        TfidfClassifier.load(tmp_path / "m")

@@ -8,6 +8,7 @@ loading refuses any type that skops does not trust by default.
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,8 +23,15 @@ from sklearn.svm import LinearSVC
 from paperops.io import atomic_write_text
 from paperops.models.base import META_FILE, ModelLoadError, check_label_map
 
-MODEL_FILE = "model.skops"
-__all__ = ["META_FILE", "MODEL_FILE", "ModelLoadError", "TfidfClassifier", "TfidfConfig"]
+MODEL_FILE, VOCAB_FILE = "model.skops", "vocabulary.json"
+__all__ = [
+    "META_FILE",
+    "MODEL_FILE",
+    "VOCAB_FILE",
+    "ModelLoadError",
+    "TfidfClassifier",
+    "TfidfConfig",
+]
 
 
 @dataclass
@@ -75,6 +83,10 @@ class TfidfClassifier:
         if len(np.unique(y)) < 2:
             raise ValueError("need at least two classes to train")
         self.pipeline = self._build().fit(list(texts), y)
+        # numpy ints in the vocabulary make skops write one array file per term (hundreds of
+        # thousands, quadratic in the zip's name list: minutes); plain ints are inline JSON.
+        vec = self.pipeline.named_steps["tfidf"]
+        vec.vocabulary_ = {term: int(i) for term, i in vec.vocabulary_.items()}
         return self
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
@@ -94,8 +106,20 @@ class TfidfClassifier:
         directory.mkdir(parents=True, exist_ok=True)
         if self.pipeline is None:
             raise RuntimeError("model is not trained: nothing to save")
+        # The vocabulary (hundreds of thousands of terms) goes to a plain JSON list: inside the
+        # skops schema every dict entry becomes a verbose typed object (~150 MB for 235k terms).
+        vec = self.pipeline.named_steps["tfidf"]
+        vocab = vec.vocabulary_
+        terms = [""] * len(vocab)
+        for term, i in vocab.items():
+            terms[i] = term
         tmp = directory / f".{MODEL_FILE}.tmp"
-        sio.dump(self.pipeline, tmp)
+        vec.vocabulary_ = {}
+        try:
+            sio.dump(self.pipeline, tmp, compression=zipfile.ZIP_DEFLATED, compresslevel=6)
+        finally:
+            vec.vocabulary_ = vocab
+        atomic_write_text(directory / VOCAB_FILE, json.dumps(terms, ensure_ascii=False))
         tmp.replace(directory / MODEL_FILE)
         meta = {"family": "tfidf", "labels": self.labels, "config": asdict(self.config)}
         atomic_write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
@@ -105,7 +129,8 @@ class TfidfClassifier:
     def load(cls, directory: Path, expected_labels: Sequence[str] | None = None) -> TfidfClassifier:
         directory = Path(directory)
         model_path, meta_path = directory / MODEL_FILE, directory / META_FILE
-        for p in (model_path, meta_path):
+        vocab_path = directory / VOCAB_FILE
+        for p in (model_path, meta_path, vocab_path):
             if not p.is_file():
                 raise ModelLoadError(f"{p} not found: train a model first (paperops train)")
         try:
@@ -117,6 +142,14 @@ class TfidfClassifier:
                     f"{untrusted[:5]}; refusing to load it"
                 )
             pipeline = sio.load(model_path, trusted=[])
+            terms = json.loads(vocab_path.read_text(encoding="utf-8"))
+            vec = pipeline.named_steps["tfidf"]
+            if not isinstance(terms, list) or len(terms) != len(vec.idf_):
+                raise ModelLoadError(
+                    f"{vocab_path} does not match {model_path} ({len(terms)} terms vs "
+                    f"{len(vec.idf_)} idf weights); retrain or restore the bundle"
+                )
+            vec.vocabulary_ = {str(t): i for i, t in enumerate(terms)}
         except ModelLoadError:
             raise
         except Exception as e:  # corrupt zip, truncated file, bad JSON
