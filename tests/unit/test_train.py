@@ -220,3 +220,23 @@ def test_embedding_sweep_prunes_with_lightning_callback(
         "model.dropout",
         "model.head",
     }
+
+
+def test_wandb_logger_offline_next_to_mlflow(
+    tmp_path: Path, prepared_dir: Path, tiny_encoder_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """logger=wandb: the Lightning metrics also go to an offline W&B run (no network)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ov = _neural(
+        tmp_path,
+        prepared_dir,
+        tiny_encoder_dir,
+        "embedding",
+        "logger=wandb",
+        f"logger.wandb.dir={tmp_path}/wandb",
+        "trainer.max_epochs=2",
+        "train.register=false",
+    )
+    _run("train", *ov)
+    runs = list((tmp_path / "wandb").rglob("offline-run-*"))
+    assert runs, list((tmp_path / "wandb").rglob("*"))[:20]
