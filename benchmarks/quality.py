@@ -196,6 +196,21 @@ def run() -> dict[str, Any]:
     return result
 
 
+CPU_NOTE = [
+    "Reading the table. On 2 cores the neural families train on stratified subsamples "
+    "(embedding: 20,000 papers, 128 tokens; finetune: 4,000 papers, 128 tokens, 2 epochs) and "
+    "are tested on the same full test split as tfidf: this compares the families at a CPU "
+    "budget, not at their best. The full-size runs (`PAPEROPS_BENCH_SCALE=full`: every paper, "
+    "256 tokens, fine-tuning for 4 epochs with bf16) need a GPU. Macro-F1 is held down by the "
+    "dev sample's small archives (8 of 15 have fewer than 100 test papers, e.g. nucl-th 14, "
+    "stat 21, nlin 22, q-bio 23, hep-ph 29), whose papers are mostly cross-listed; their errors "
+    "go to quant-ph and cs (see each model's confusion matrix). The encoder models' low "
+    "directional pass rate is truncation, not indifference: most abstracts are longer than the "
+    "128-token window (about 217 tokens on average), so terms appended at the end are cut off.",
+    "",
+]
+
+
 def goal_rows(r: dict[str, Any]) -> list[str]:
     """One row per goal of issue #4: target, what the best model reached, and the gap."""
     best = r["models"][r["best"]]
@@ -252,6 +267,7 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---|---|---|",
         *goal_rows(r),
         "",
+        *(CPU_NOTE if r["scale"] == "cpu" else []),
         "Behavioural checks (pass rates on 300 test papers each; directional = appending strong "
         "terms of another class raises that class's probability):",
         "",
