@@ -114,5 +114,5 @@ def test_vocabulary_file_is_checked_against_the_model(trained, tmp_path: Path) -
     with pytest.raises(ModelLoadError, match="does not match"):
         TfidfClassifier.load(tmp_path / "m")
     vocab.unlink()
-    with pytest.raises(ModelLoadError, match="vocabulary.json not found"):
+    with pytest.raises(ModelLoadError, match=r"vocabulary\.json not found"):
         TfidfClassifier.load(tmp_path / "m")
