@@ -94,9 +94,9 @@ def test_repro_runs_then_skips_then_reacts_to_params(project: Path) -> None:
     assert "Running stage 'prepare'" in third.stdout
 
     # The local default remote works offline: push, lose the outputs, pull them back.
-    _run([sys.executable, "-m", "dvc", "push"], project)
+    _run([sys.executable, "-m", "dvc", "push", "prepare"], project)
     shutil.rmtree(project / "data")
-    _run([sys.executable, "-m", "dvc", "pull"], project)
+    _run([sys.executable, "-m", "dvc", "pull", "prepare"], project)
     assert (project / "data" / "processed" / "labels.json").is_file()
 
 
