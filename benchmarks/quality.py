@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -181,9 +180,10 @@ def run() -> dict[str, Any]:
         "label_level": label_level,
         "test_size": test_size or previous.get("test_size") or models[best]["test_size"],
         "scale": scale,
+        "measured": time.strftime("%Y-%m-%d"),
         "device": torch.cuda.get_device_name(0)
         if torch.cuda.is_available()
-        else platform.processor() or "cpu",
+        else f"{os.cpu_count()} CPU cores",
         "baseline": base,
         "models": models,
         "best": best,
@@ -235,7 +235,8 @@ def markdown(r: dict[str, Any]) -> str:
         "## Classifier quality (`benchmarks/quality.py`)",
         "",
         f"Dev data, {r['label_level']} level, stratified 70/10/10/10 split; "
-        f"test = {r['test_size']:,} held-out papers (scale `{r['scale']}`, run on {r['device']}). "
+        f"test = {r['test_size']:,} held-out papers (scale `{r['scale']}`, run on {r['device']}, "
+        f"measured {r.get('measured', '?')}). "
         "ECE is top-label, 15 bins, "
         "before/after temperature scaling fitted on the calibration split. Conformal: APS sets "
         "fitted on the calibration split.",
