@@ -72,6 +72,11 @@ def test_train_evaluate_register_and_gate(tmp_path: Path, prepared_dir: Path) ->
     shown = _run("models", "show", "champion", "--json", *ov[1:3])
     assert json.loads(shown)["version"] == "1"
 
+    # the registered champion, downloaded from the registry, evaluates like the local bundle
+    out = _run("evaluate", "--ref", "champion", "--report-dir", str(tmp_path / "champ"), *ov)
+    champ = json.loads((tmp_path / "champ" / "metrics.json").read_text())
+    assert champ["accuracy"] == metrics["accuracy"] and champ["model_family"] == "tfidf"
+
 
 def test_train_refuses_empty_split_and_missing_data(tmp_path: Path, prepared_dir: Path) -> None:
     import pandas as pd
