@@ -310,22 +310,12 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def read_bundle_meta(directory: Path, family: str) -> dict[str, Any]:
     """model.json of a `family` bundle, with clear errors for missing/corrupt/wrong family."""
-    import json
-
-    from paperops.models.base import META_FILE, ModelLoadError
+    from paperops.models.base import META_FILE, ModelLoadError, read_meta
 
     meta_path = Path(directory) / META_FILE
-    if not meta_path.is_file():
-        raise ModelLoadError(
-            f"{meta_path} not found: {directory} is not a model bundle; retrain or restore it"
-        )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{meta_path} is corrupt ({e}); retrain or restore it") from e
-    if not isinstance(meta, dict) or meta.get("family") != family:
-        got = meta.get("family") if isinstance(meta, dict) else None
-        raise ModelLoadError(f"{meta_path} is a {got!r} model, not {family}")
+    meta = read_meta(directory)
+    if meta.get("family") != family:
+        raise ModelLoadError(f"{meta_path} is a {meta.get('family')!r} model, not {family}")
     for key in ("labels", "config", "encoder"):
         if key not in meta:
             raise ModelLoadError(f"{meta_path} lacks {key!r}; retrain or restore it")
