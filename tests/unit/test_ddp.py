@@ -157,7 +157,8 @@ def test_paperops_train_with_trainer_ddp_tracks_and_registers_once(
 
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    # registry_uri too: otherwise the client takes the process-wide one an earlier test set
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}", registry_uri=f"sqlite:///{db}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     versions = client.search_model_versions("name='paperops-classifier'")
