@@ -303,6 +303,24 @@ def write_jsonl(path: Path, records: Iterable[Record | str | bytes], gzip: bool 
     return path
 
 
+def small_trainer_cfg(*, max_epochs: int, patience: int, **overrides: Any) -> dict[str, Any]:
+    """configs/trainer/default.yaml (the contract) shrunk to a quiet 1-thread CPU run."""
+    import yaml
+
+    cfg = yaml.safe_load((CONFIG_DIR / "trainer" / "default.yaml").read_text())
+    cfg.update(
+        accelerator="cpu",
+        num_threads=1,
+        max_epochs=max_epochs,
+        patience=patience,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+    )
+    cfg.update(overrides)
+    return cfg
+
+
 # Default data set: four archive-level classes of different sizes (all >= 10 so every split of
 # every class is within one row of its fraction).
 DEFAULT_COUNTS = {"cs.LG": 24, "math.AG": 16, "hep-th": 12, "astro-ph.GA": 10}

@@ -194,9 +194,7 @@ def train(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainResult
         )
         if track:
             result.run_id = run.run_id
-            result.decision = _track_and_register(
-                cfg, run, out_dir, val_metrics, train_seconds, register=register
-            )
+            result.decision = _track_and_register(cfg, run, out_dir, info, register=register)
         return result
     except BaseException as e:
         if run_ctx is not None:
@@ -208,17 +206,11 @@ def train(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainResult
             run_ctx.__exit__(None, None, None)
 
 
-def fit_summary_epochs(bundle_dir: Path) -> int:
-    info = json.loads((Path(bundle_dir) / TRAINING_FILE).read_text())
-    return int((info.get("fit_summary") or {}).get("epochs_run") or 0)
-
-
 def _track_and_register(
     cfg: DictConfig,
     run: Any,
     bundle_dir: Path,
-    val_metrics: dict[str, float],
-    train_seconds: float,
+    info: dict[str, Any],
     *,
     register: bool,
 ) -> dict[str, Any] | None:
@@ -226,8 +218,9 @@ def _track_and_register(
     from paperops import registry, tracking
 
     # after the per-epoch points: the score of the model actually kept (the best checkpoint)
-    step = int(fit_summary_epochs(bundle_dir))
-    run.log_metrics({**val_metrics, "train_seconds": train_seconds}, step=step)
+    val_metrics = info["val_metrics"]
+    step = int(info["fit_summary"].get("epochs_run") or 0)
+    run.log_metrics({**val_metrics, "train_seconds": info["train_seconds"]}, step=step)
     model_uri = tracking.log_model_bundle(run, bundle_dir)
     if not register:
         return None
@@ -239,7 +232,7 @@ def _track_and_register(
         metric="val_macro_f1",
         tags={
             "family": str(cfg.model.family),
-            "data_hash": data_hash(Path(cfg.train.processed_dir)),
+            "data_hash": info["data_hash"],
         },
     )
     d = asdict(decision)

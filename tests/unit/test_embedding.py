@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import CONFIG_DIR
+from tests.conftest import CONFIG_DIR, small_trainer_cfg
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -40,19 +40,7 @@ from paperops.models.lightning import (  # noqa: E402
 
 
 def trainer_cfg(**overrides: Any) -> dict[str, Any]:
-    """configs/trainer/default.yaml (the contract) with small-run overrides."""
-    cfg = yaml.safe_load((CONFIG_DIR / "trainer" / "default.yaml").read_text())
-    cfg.update(
-        accelerator="cpu",
-        num_threads=1,
-        max_epochs=25,
-        patience=8,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-    )
-    cfg.update(overrides)
-    return cfg
+    return small_trainer_cfg(**{"max_epochs": 25, "patience": 8, **overrides})
 
 
 def model_cfg(encoder: Path, **overrides: Any) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from paperops.models.encoder import (
 )
 from paperops.models.lightning import (
     ClassificationModule,
+    check_fit_splits,
     class_weight_tensor,
     compute_device,
     configure_threads,
@@ -136,13 +137,6 @@ class HeadModule(ClassificationModule):
         return torch.optim.AdamW(self.head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
-def _check_split(split: TextSplit, n_classes: int) -> None:
-    if len(split) == 0:
-        raise ValueError(f"split {split.name!r} is empty")
-    if split.y.min() < 0 or split.y.max() >= n_classes:
-        raise ValueError(f"split {split.name!r} has label indices outside 0..{n_classes - 1}")
-
-
 def encoder_identity(spec: str, encoder: Encoder) -> dict[str, Any]:
     """What model.json records about the encoder: enough to find it and to check it is the same."""
     return {
@@ -194,10 +188,7 @@ class EmbeddingClassifier:
     ) -> EmbeddingClassifier:
         """Embed train/val (through the cache), train the head, keep the best epoch's weights."""
         k = len(self.labels)
-        _check_split(train, k)
-        _check_split(val, k)
-        if len(np.unique(train.y)) < 2:
-            raise ValueError("need at least two classes in the train split")
+        check_fit_splits(train, val, k)
         c = self.config
         work_dir = Path(work_dir)
         seed_everything(seed)

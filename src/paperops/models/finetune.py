@@ -33,6 +33,7 @@ from paperops.models.embedding import config_from_mapping
 from paperops.models.encoder import Encoder, fingerprint_dir, load_encoder, tokenize_texts
 from paperops.models.lightning import (
     ClassificationModule,
+    check_fit_splits,
     class_weight_tensor,
     compute_device,
     configure_threads,
@@ -322,13 +323,7 @@ class FinetuneClassifier:
     ) -> FinetuneClassifier:
         """Fine-tune on train, early-stop on val, keep the best epoch (LoRA merged afterwards)."""
         k = len(self.labels)
-        for split in (train, val):
-            if len(split) == 0:
-                raise ValueError(f"split {split.name!r} is empty")
-            if split.y.min() < 0 or split.y.max() >= k:
-                raise ValueError(f"split {split.name!r} has label indices outside 0..{k - 1}")
-        if len(np.unique(train.y)) < 2:
-            raise ValueError("need at least two classes in the train split")
+        check_fit_splits(train, val, k)
         c = self.config
         seed_everything(seed)
         configure_threads(trainer_cfg)

@@ -32,6 +32,7 @@ __all__ = [
     "ClassificationModule",
     "balanced_class_weights",
     "build_trainer",
+    "check_fit_splits",
     "class_weight_tensor",
     "compute_device",
     "configure_threads",
@@ -320,6 +321,17 @@ def read_bundle_meta(directory: Path, family: str) -> dict[str, Any]:
         if key not in meta:
             raise ModelLoadError(f"{meta_path} lacks {key!r}; retrain or restore it")
     return meta
+
+
+def check_fit_splits(train: Any, val: Any, n_classes: int) -> None:
+    """Non-empty train/val with label indices in range and at least two classes to learn."""
+    for split in (train, val):
+        if len(split) == 0:
+            raise ValueError(f"split {split.name!r} is empty")
+        if split.y.min() < 0 or split.y.max() >= n_classes:
+            raise ValueError(f"split {split.name!r} has label indices outside 0..{n_classes - 1}")
+    if len(np.unique(train.y)) < 2:
+        raise ValueError("need at least two classes in the train split")
 
 
 def peer_wait_seconds() -> float:
