@@ -427,3 +427,59 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         json.dumps({"max_seq_length": 128, "do_lower_case": False})
     )
     return out
+
+
+# ---- trained bundles for serving, export and prediction tests ----
+
+
+def _train_bundle(base: Path, prepared: Path, experiment: str, *extra: str) -> Path:
+    """A real `paperops train` run (no tracking) on the DEFAULT_COUNTS data: bundle +
+    calibration.json + training.json, exactly what serving loads in production."""
+    from paperops.config import load_config
+    from paperops.train import train
+
+    out = base / experiment
+    cfg = load_config(
+        [
+            f"experiment={experiment}",
+            f"train.processed_dir={prepared}",
+            f"train.output_dir={out}",
+            f"paths.work={base}/outputs",
+            "train.track=false",
+            "train.register=false",
+            "evaluate.alpha=0.2",  # the tiny calibration split has 6 rows: alpha 0.1 needs >= 9
+            *extra,
+        ]
+    )
+    train(cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tfidf_bundle(_prepared_once: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A calibrated tfidf bundle (read-only: copy it before changing anything)."""
+    base = tmp_path_factory.mktemp("tfidf_bundle")
+    return _train_bundle(base, _prepared_once, "tfidf", "model.min_df=1")
+
+
+@pytest.fixture(scope="session")
+def embedding_bundle(
+    _prepared_once: Path, tiny_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A calibrated embedding bundle on the tiny encoder (read-only: copy before changing)."""
+    base = tmp_path_factory.mktemp("embedding_bundle")
+    return _train_bundle(
+        base,
+        _prepared_once,
+        "embedding",
+        f"model.encoder={tiny_encoder_dir}",
+        f"model.cache_dir={base}/cache",
+        "model.hidden_dim=64",
+        "model.lr=0.02",
+        "model.batch_size=16",
+        "trainer.accelerator=cpu",
+        "trainer.num_threads=1",
+        "trainer.max_epochs=20",
+        "trainer.patience=5",
+        "trainer.enable_progress_bar=false",
+    )

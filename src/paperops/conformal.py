@@ -102,8 +102,11 @@ class ConformalPredictor:
         self.n_cal = n
         return self
 
-    def predict_sets(self, probs: Any) -> list[list[int]]:
+    def predict_sets(self, probs: Any, u: np.ndarray | None = None) -> list[list[int]]:
         """Per row, the classes with score <= qhat, most probable first.
+
+        `u` overrides the randomized-APS tie-breakers (one uniform per row): serving draws them
+        from a hash of each text, so a paper gets the same set whatever batch it lands in.
 
         With `allow_empty=False` a set always holds at least the top-1 class, which makes coverage
         at least the model's accuracy; an accurate model then over-covers a 90% target. Exact
@@ -113,7 +116,13 @@ class ConformalPredictor:
         if self.qhat is None:
             raise RuntimeError("ConformalPredictor is not fitted; call fit() first")
         p = check_probs(probs)
-        order, s = _sorted_scores(p, self.method, self._u(len(p), 1))
+        if u is not None and self.randomized and self.method == "aps":
+            u = np.asarray(u, dtype=np.float64)
+            if u.shape != (len(p),) or (u < 0).any() or (u >= 1).any():
+                raise ValueError(f"u must be {len(p)} uniforms in [0, 1); got shape {u.shape}")
+        else:
+            u = self._u(len(p), 1)
+        order, s = _sorted_scores(p, self.method, u)
         keep = s <= self.qhat
         if not self.allow_empty:
             keep[:, 0] = True

@@ -196,10 +196,13 @@ class Calibration:
     temperature: TemperatureScaler
     conformal: ConformalPredictor
 
-    def apply(self, logits: Any) -> tuple[np.ndarray, list[list[int]]]:
-        """Calibrated probabilities and a conformal label set (class indices) per row."""
+    def apply(self, logits: Any, u: Any = None) -> tuple[np.ndarray, list[list[int]]]:
+        """Calibrated probabilities and a conformal label set (class indices) per row.
+
+        `u`: per-row tie-breakers for randomized APS (see ConformalPredictor.predict_sets).
+        """
         probs = self.temperature.transform(finite_logits(logits))
-        return probs, self.conformal.predict_sets(probs)
+        return probs, self.conformal.predict_sets(probs, u)
 
     def to_dict(self) -> dict[str, Any]:
         return {
