@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help install demo test test-fast lint format bench clean
+.PHONY: help install sysdeps demo serve test test-fast lint format bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,13 +25,27 @@ $(STAMP): pyproject.toml requirements/*.txt
 
 install: $(STAMP)  ## create .venv and install paperops with all extras
 
-demo: $(STAMP)  ## prepare -> validate -> train + evaluate tfidf and an embedding head (dvc repro)
+# Debian packages the tests drive for real: Chromium (web page test). Installed only when missing.
+SYSDEPS := chromium
+APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
+sysdeps:  ## install the Debian packages the tests need (when missing)
+	@missing=""; for p in $(SYSDEPS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq --no-install-recommends $$missing; \
+	fi
+
+demo: $(STAMP)  ## the pipeline (dvc repro), then the API on loopback classifying example papers
 	dvc repro
 	@echo; head -12 data/processed/data_card.md
 	@for r in tfidf demo_embedding; do echo; echo "== reports/$$r/report.md"; sed -n '1,30p' reports/$$r/report.md; done
 	@echo; paperops models list
+	@echo; paperops demo
 
-test: $(STAMP)  ## run the whole test suite
+serve: $(STAMP)  ## serve the registry champion on http://127.0.0.1:8000 until Ctrl-C
+	paperops serve
+
+test: $(STAMP) sysdeps  ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)  ## unit tests only

@@ -39,12 +39,14 @@ try:  # the registry commands need the train extra (mlflow)
 except ImportError:  # pragma: no cover - a serve-only install
     pass
 
-# export | serve | predict live in paperops.commands.<name>; each adds itself with register(app).
+# export | serve | predict | demo live in paperops.commands.<name>; each adds itself with
+# register(app).
+from paperops.commands import demo as _demo  # noqa: E402
 from paperops.commands import export as _export  # noqa: E402
 from paperops.commands import predict as _predict  # noqa: E402
 from paperops.commands import serve as _serve  # noqa: E402
 
-for _module in (_export, _serve, _predict):
+for _module in (_export, _serve, _predict, _demo):
     _module.register(app)
 
 Overrides = Annotated[
