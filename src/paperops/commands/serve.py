@@ -1,9 +1,147 @@
-"""`paperops serve` (being written: see issue 5)."""
+"""`paperops serve`: the classification API on uvicorn (one process, one inference worker).
+
+Fail fast by default: the model is loaded before the port is opened, and a model that cannot load
+exits with code 2 and the reason. `--wait-ready` opens the port first (/healthz answers, /readyz
+says 503 and why) and loads in the background: what an orchestrator with readiness probes wants.
+SIGINT/SIGTERM stop it cleanly: in-flight requests finish, then the request log is flushed.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Hydra overrides, e.g. serve.batching.max_wait_ms=5 serve.runtime=onnx",
+        show_default=False,
+    ),
+]
+
+
+def run_server(
+    app: FastAPI,
+    host: str,
+    port: int,
+    *,
+    timeout_graceful_shutdown: float = 10.0,
+    access_log: bool = False,
+    on_started: Any = None,
+) -> None:
+    """uvicorn in this process until SIGINT/SIGTERM; `on_started(url)` once the socket listens.
+
+    Logging stays ours (`log_config=None`: uvicorn's loggers propagate to the paperops handler);
+    the access log is off by default: every request is in the request log and the metrics.
+    """
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=access_log,
+        timeout_graceful_shutdown=int(max(1, round(timeout_graceful_shutdown))),
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+
+    def announce() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.02)
+        if server.started and on_started is not None:
+            bound = port
+            with contextlib.suppress(IndexError, AttributeError, OSError):  # port 0: OS-picked
+                bound = int(server.servers[0].sockets[0].getsockname()[1])
+            shown = f"[{host}]" if ":" in host else host
+            on_started(f"http://{shown}:{bound}")
+
+    threading.Thread(target=announce, name="paperops-announce", daemon=True).start()
+    server.run()
+    if not server.started:  # could not bind, or the lifespan failed: uvicorn logged why
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's command(s) to the root CLI."""
+    """Add `paperops serve` to the root CLI."""
+
+    @app.command("serve")
+    def serve_cmd(
+        overrides: Overrides = None,
+        model: Annotated[
+            Path | None,
+            typer.Option(help="Serve this bundle or export directory (default: the registry)."),
+        ] = None,
+        ref: Annotated[
+            str | None,
+            typer.Option(help="Registry alias or version to serve (default: serve.ref=champion)."),
+        ] = None,
+        host: Annotated[
+            str | None, typer.Option(help="Bind address (default: serve.host).")
+        ] = None,
+        port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
+        wait_ready: Annotated[
+            bool,
+            typer.Option(
+                "--wait-ready/--fail-fast",
+                help="--fail-fast (default): load the model before listening; exit 2 if it "
+                "cannot load. --wait-ready: listen at once, load in the background "
+                "(/readyz is 503 until the model is ready).",
+            ),
+        ] = False,
+        access_log: Annotated[
+            bool, typer.Option(help="Log every HTTP request line (noisy under load).")
+        ] = False,
+    ) -> None:
+        """Serve the classifier over HTTP: /v1/classify, /predict, /docs, /metrics, a web page."""
+        from paperops.cli import _config, _fail
+        from paperops.models.base import ModelLoadError
+        from paperops.serve.app import create_app, warm
+        from paperops.serve.loader import make_loader
+        from paperops.serve.settings import ServeSettings, SettingsError
+
+        if model is not None and ref is not None:
+            raise _fail("give either --model or --ref, not both")
+        cfg = _config(overrides)
+        given = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+        try:
+            settings = ServeSettings.from_config(cfg.serve, **given)
+        except SettingsError as e:
+            raise _fail(str(e)) from None
+        loader = make_loader(cfg, model=model, ref=ref)
+        predictor = None
+        if not wait_ready:
+            try:
+                predictor = warm(loader(None))
+            except (ModelLoadError, ValueError, OSError) as e:
+                raise _fail(str(e)) from None
+        try:
+            api = create_app(settings, loader, predictor=predictor)
+        except (ValueError, OSError) as e:
+            raise _fail(str(e)) from None
+
+        def started(url: str) -> None:
+            if predictor is None:
+                what = "(model loading: /readyz turns 200 when it is ready)"
+            else:
+                i = predictor.info
+                what = f"{i.name} v{i.version} ({i.runtime})"
+            typer.echo(f"serving {what} at {url}  (docs: /docs)")
+
+        run_server(
+            api,
+            settings.host,
+            settings.port,
+            timeout_graceful_shutdown=settings.shutdown_timeout_s,
+            access_log=access_log,
+            on_started=started,
+        )

@@ -221,6 +221,7 @@ class RequestLog:
         on_drop: Callable[[int], None] | None = None,
         on_write: Callable[[int], None] | None = None,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        linger_ms: float = 50.0,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"serve.request_log.queue_size must be >= 1; got {queue_size}")
@@ -237,6 +238,8 @@ class RequestLog:
         self._thread: threading.Thread | None = None
         self._cond = threading.Condition()
         self._items: deque[Record] = deque()
+        self.linger_s = float(linger_ms) / 1000
+        self._idle = False  # the writer waits for a first record
         self._pending_rows = 0  # rows queued + rows in the batch being written
         self._queued_rows = 0  # rows queued only
         self._stopping = False
@@ -374,7 +377,10 @@ class RequestLog:
                 self._items.append(record)
                 self._pending_rows += n
                 self._queued_rows += n
-                self._cond.notify()
+                # Wake the writer only when it idles or a batch is full: waking it per record
+                # makes it fight the event loop for the GIL (halved throughput when measured).
+                if self._idle or self._queued_rows >= self.batch_size:
+                    self._cond.notify()
                 return True
         self._drop(n)
         return False
@@ -395,7 +401,17 @@ class RequestLog:
             while not self._items:
                 if self._stopping:
                     return None
+                self._idle = True
                 self._cond.wait()
+                self._idle = False
+            # Linger a little for a fuller batch: one transaction per ~50 ms instead of one per
+            # request. close() sets _stopping and notifies, which ends the wait at once.
+            deadline = time.monotonic() + self.linger_s
+            while self._queued_rows < self.batch_size and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
             batch: list[Record] = []
             rows = 0
             while self._items and (not batch or rows + self._items[0].rows <= self.batch_size):

@@ -1,0 +1,135 @@
+"""Which model to serve: a directory, or a registry version (default: the champion).
+
+Shared by `paperops serve` (at start and on `/v1/admin/reload`) and `paperops predict`, so both
+answer with the same model for the same arguments. A registered neural model is exported to ONNX
+on first use (`paperops.export.ensure_export`, cached under `serve.export_dir`), so serving it
+never goes through PyTorch unless asked to (`serve.runtime=torch`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from paperops.models.base import ModelLoadError, read_meta
+from paperops.serve.runtime import NEURAL_FAMILIES, Predictor, load_predictor
+
+log = logging.getLogger(__name__)
+
+FIX = "train and register a model first (`paperops train`), or pass --model PATH to serve a bundle"
+
+
+def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
+    node = cfg
+    for key in dotted.split("."):
+        if node is None:
+            return default
+        node = node.get(key) if hasattr(node, "get") else getattr(node, key, None)
+    return default if node is None else node
+
+
+def resolve_predictor(
+    cfg: Any,
+    model: Path | None = None,
+    ref: str | None = None,
+    *,
+    runtime: str | None = None,
+    threads: int | None = None,
+) -> Predictor:
+    """`model` (a bundle or export directory) if given, else `serve.model` if set, else registry
+    version `ref` (default `serve.ref`, normally `champion`) of `logger.registered_model`.
+
+    Raises ModelLoadError with the fix for anything that stops a model from loading: no store,
+    no registered model, no champion, an unknown version, a broken bundle.
+    """
+    runtime = runtime or str(_get(cfg, "serve.runtime", "auto"))
+    threads = threads if threads is not None else _get(cfg, "serve.threads")
+    threads = None if threads is None else int(threads)
+    if model is None and ref is None and _get(cfg, "serve.model"):
+        model = Path(str(_get(cfg, "serve.model")))
+    if model is not None:
+        model = Path(model)
+        if not model.exists():
+            raise ModelLoadError(
+                f"--model {model} does not exist; pass a bundle or export directory"
+            )
+        return load_predictor(model, runtime=runtime, threads=threads)
+    return _from_registry(cfg, str(ref or _get(cfg, "serve.ref", "champion")), runtime, threads)
+
+
+def _from_registry(cfg: Any, ref: str, runtime: str, threads: int | None) -> Predictor:
+    try:
+        from mlflow.exceptions import MlflowException
+
+        from paperops import registry
+    except ImportError as e:  # a serve-only install has no mlflow
+        raise ModelLoadError(
+            f"serving a registered model needs the train extra ({e}); "
+            "pass --model PATH to serve a bundle or export directory"
+        ) from e
+    logger_cfg = cfg.logger
+    name = registry.model_name(logger_cfg)
+    models_dir = Path(str(_get(cfg, "paths.models", "models")))
+    try:
+        info = registry.show(logger_cfg, ref)
+        version = str(info["version"])
+        bundle = registry.download_bundle(
+            logger_cfg, ref=version, dst=models_dir / "registry" / name
+        )
+    except registry.RegistryError as e:
+        raise ModelLoadError(f"{e} (or pass --model PATH to serve a bundle)") from e
+    except (MlflowException, OSError) as e:
+        raise ModelLoadError(
+            f"cannot read {name}@{ref} from {_get(cfg, 'logger.tracking_uri')}: {e}; {FIX}"
+        ) from e
+    is_alias = not ref.lstrip("vV").isdigit()
+    source = f"models:/{name}@{ref}" if is_alias else f"models:/{name}/{version}"
+    family = str(read_meta(bundle)["family"])
+    directory = bundle
+    if family in NEURAL_FAMILIES and runtime != "torch":
+        directory = _exported(cfg, bundle, name, version, threads)
+    log.info("serving %s v%s (%s) from %s", name, version, family, directory)
+    return load_predictor(
+        directory, runtime=runtime, threads=threads, name=name, version=version, source=source
+    )
+
+
+def _exported(cfg: Any, bundle: Path, name: str, version: str, threads: int | None) -> Path:
+    """The ONNX export of a registered neural bundle, made once per version and reused (the
+    export settings and parity thresholds are `cfg.export`'s)."""
+    try:
+        from paperops.export import ensure_export
+    except ImportError as e:
+        raise ModelLoadError(
+            f"cannot export {name} v{version} to ONNX ({e}); serve it through PyTorch with "
+            "serve.runtime=torch, or install the serve extra"
+        ) from e
+    export_dir = Path(str(_get(cfg, "serve.export_dir", "models/export"))) / f"{name}-v{version}"
+    try:
+        return Path(
+            ensure_export(bundle, export_dir, cfg_export=_get(cfg, "export"), threads=threads)
+        )
+    except ModelLoadError:
+        raise
+    except Exception as e:  # the export's own errors (parity failure, onnx missing) name the fix
+        raise ModelLoadError(f"exporting {name} v{version} to ONNX failed: {e}") from e
+
+
+def make_loader(
+    cfg: Any, model: Path | None = None, ref: str | None = None
+) -> Callable[[dict[str, Any] | None], Predictor]:
+    """The `loader(spec)` the app factory takes: None -> what the server was started with
+    (`model` or `ref`: a reload re-reads the champion), `{"model": path}` or `{"ref": r}` ->
+    that instead."""
+
+    def load(spec: dict[str, Any] | None) -> Predictor:
+        spec = spec or {}
+        if spec.get("model"):
+            return resolve_predictor(cfg, model=Path(spec["model"]))
+        if spec.get("ref"):
+            return resolve_predictor(cfg, ref=str(spec["ref"]))
+        return resolve_predictor(cfg, model=model, ref=ref)
+
+    return load

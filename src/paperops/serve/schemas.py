@@ -1,0 +1,293 @@
+"""Request and response models of the API.
+
+Request models are built from the configured `Limits` when the app is created (`make_schemas`),
+so the limits a server enforces are exactly the ones its OpenAPI schema shows. They are strict:
+no extra fields, no coercion (`1` is not a title, `"3"` is not a top_k), and a title or abstract
+must contain text, not just whitespace. Every rejection names the field (its `loc`) and the rule.
+
+Response models document the answers; the handlers build plain dicts of the same shape (no
+per-request model validation on the hot path).
+"""
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from paperops.serve.settings import Limits
+
+# Shown in /docs; a real abstract shape, short enough to read.
+EXAMPLE_PAPER: dict[str, Any] = {
+    "title": "Attention Is All You Need",
+    "abstract": (
+        "The dominant sequence transduction models are based on complex recurrent or "
+        "convolutional neural networks. We propose a new simple network architecture, the "
+        "Transformer, based solely on attention mechanisms, dispensing with recurrence and "
+        "convolutions entirely."
+    ),
+}
+REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"  # uuid4().hex
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+def _encodable(value: str, field: str) -> str:
+    """A lone surrogate (`"\\ud800"` in JSON) is valid JSON but not text: it cannot be stored or
+    echoed back as UTF-8, so it is refused here instead of failing later as a 500."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError(
+            "string_not_utf8",
+            "{field} must be valid Unicode text (it contains a lone surrogate escape)",
+            {"field": field},
+        ) from None
+    return value
+
+
+def _text_rule(field: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not value.strip():
+            raise PydanticCustomError(
+                "string_blank",
+                "{field} must contain text: empty or whitespace-only is not allowed",
+                {"field": field},
+            )
+        return _encodable(value, field)
+
+    return AfterValidator(check)
+
+
+def _id_rule(value: str | None) -> str | None:
+    return None if value is None else _encodable(value, "id")
+
+
+def _text_field(field: str, max_chars: int, description: str) -> Any:
+    return Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=max_chars,
+            description=f"{description} (1-{max_chars} characters, not only whitespace).",
+            # documents the non-blank rule for clients and fuzzers; the validator enforces it
+            json_schema_extra={"pattern": r"\S"},
+        ),
+        _text_rule(field),
+    ]
+
+
+def make_paper_model(limits: Limits) -> type[BaseModel]:
+    """One paper, as /v1/classify and `paperops predict` (one JSON line each) accept it."""
+    title_t = _text_field("title", limits.title_max_chars, "The paper's title")
+    abstract_t = _text_field("abstract", limits.abstract_max_chars, "The paper's abstract")
+    id_t = Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=limits.id_max_chars,
+            description="Your identifier for this paper, echoed back in its result.",
+        ),
+        AfterValidator(_id_rule),
+    ]
+
+    class Paper(BaseModel):
+        model_config = ConfigDict(
+            extra="forbid", strict=True, json_schema_extra={"examples": [EXAMPLE_PAPER]}
+        )
+        title: title_t  # type: ignore[valid-type]
+        abstract: abstract_t  # type: ignore[valid-type]
+        id: id_t = None  # type: ignore[valid-type]
+
+    return Paper
+
+
+@dataclass(frozen=True)
+class Schemas:
+    """The request models of one app (they carry its limits)."""
+
+    Paper: type[BaseModel]
+    ClassifyRequest: type[BaseModel]
+    PredictRequest: type[BaseModel]
+    FeedbackRequest: type[BaseModel]
+
+
+def make_schemas(limits: Limits) -> Schemas:
+    paper = make_paper_model(limits)
+    title_t = _text_field("title", limits.title_max_chars, "The paper's title")
+    abstract_t = _text_field("abstract", limits.abstract_max_chars, "The paper's abstract")
+
+    class ClassifyRequest(BaseModel):
+        model_config = ConfigDict(
+            extra="forbid",
+            strict=True,
+            json_schema_extra={"examples": [{"papers": [EXAMPLE_PAPER], "top_k": 3}]},
+        )
+        papers: list[paper] = Field(  # type: ignore[valid-type]
+            min_length=1,
+            max_length=limits.max_papers,
+            description=f"1-{limits.max_papers} papers, answered in the same order.",
+        )
+        top_k: int = Field(
+            default=limits.default_top_k,
+            ge=1,
+            le=limits.max_top_k,
+            description="How many top categories to return per paper.",
+        )
+
+    class PredictRequest(BaseModel):
+        model_config = ConfigDict(
+            extra="forbid", strict=True, json_schema_extra={"examples": [EXAMPLE_PAPER]}
+        )
+        title: title_t  # type: ignore[valid-type]
+        abstract: abstract_t  # type: ignore[valid-type]
+
+    class FeedbackRequest(BaseModel):
+        model_config = ConfigDict(
+            extra="forbid",
+            strict=True,
+            json_schema_extra={"examples": [{"request_id": "3f2a" * 8, "label": "cs", "index": 0}]},
+        )
+        request_id: str = Field(
+            pattern=REQUEST_ID_PATTERN,
+            description="The request_id of a /v1/classify or /predict answer.",
+        )
+        label: str = Field(
+            min_length=1, max_length=100, description="The true label (one of the model's)."
+        )
+        index: int = Field(
+            default=0,
+            ge=0,
+            le=limits.max_papers - 1,
+            description="Which paper of that request (0 for /predict).",
+        )
+
+    return Schemas(paper, ClassifyRequest, PredictRequest, FeedbackRequest)
+
+
+class ReloadRequest(BaseModel):
+    """What to load; an empty body reloads what the server started with (e.g. the champion)."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{"ref": "champion"}]}
+    )
+    model: str | None = Field(
+        default=None, min_length=1, max_length=4096, description="A bundle or export directory."
+    )
+    ref: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="A registry alias ('champion') or version ('3').",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if self.model is not None and self.ref is not None:
+            raise PydanticCustomError(
+                "reload_source", "give either model (a path) or ref (a registry version), not both"
+            )
+        return self
+
+
+# --- responses (documentation of the shapes the handlers build) ------------------------------
+
+
+class LabelScoreOut(BaseModel):
+    label: str
+    name: str
+    probability: float
+
+
+class PaperResult(BaseModel):
+    id: str | None = Field(description="The id you sent, or null.")
+    label: str = Field(description="Top category code, e.g. 'cs'.")
+    name: str = Field(description="Its human-readable name.")
+    confidence: float = Field(description="Calibrated probability of the top category.")
+    top: list[LabelScoreOut]
+    prediction_set: list[LabelScoreOut] = Field(
+        description="Conformal prediction set at coverage_target; empty means no label is "
+        "confident enough at that coverage."
+    )
+
+
+class ModelSummary(BaseModel):
+    name: str
+    version: str
+    family: str
+    runtime: str
+
+
+class ClassifyResponse(BaseModel):
+    request_id: str
+    model: ModelSummary
+    coverage_target: float | None
+    results: list[PaperResult]
+
+
+class CategoryScore(BaseModel):
+    category: str
+    confidence: float
+
+
+class PredictResponse(BaseModel):
+    """The first report's shape (the request id is in the X-Request-ID header)."""
+
+    top_category: str
+    predictions: list[CategoryScore]
+
+
+class ModelInfoOut(BaseModel):
+    name: str
+    version: str
+    family: str
+    runtime: str
+    source: str
+    n_labels: int
+    temperature: float | None
+    coverage_target: float | None
+    conformal_method: str | None
+    loaded_at: float
+    export: dict[str, Any] | None
+
+
+class LabelName(BaseModel):
+    label: str
+    name: str
+
+
+class ModelResponse(BaseModel):
+    model: ModelInfoOut
+    labels: list[LabelName] = Field(description="Every label the model can answer, with its name.")
+    limits: dict[str, int]
+    batching: dict[str, float]
+
+
+class FeedbackAccepted(BaseModel):
+    status: str
+    request_id: str
+    index: int
+    label: str
+
+
+class ReloadResponse(BaseModel):
+    previous: ModelSummary
+    current: ModelSummary
+    seconds: float
+
+
+class StatusResponse(BaseModel):
+    status: str
+    reason: str | None = None
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="Where: e.g. ['body', 'papers', 0, 'title'].")
+    msg: str = Field(description="The rule that failed, in words.")
+    type: str = Field(description="A stable code for the rule, e.g. 'string_too_long'.")
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx body: a one-line summary plus one item per problem."""
+
+    error: str
+    detail: list[ErrorItem]
