@@ -213,12 +213,24 @@ def load_predictor(
         raise ModelLoadError(f"runtime must be one of {RUNTIMES}; got {runtime!r}")
     meta = read_meta(model_dir)
     family = str(meta["family"])
-    exported = (model_dir / EXPORT_FILE).is_file()
+    export_meta: dict[str, Any] | None = None
+    if (model_dir / EXPORT_FILE).is_file():
+        from paperops.serve.onnx_runtime import read_export_meta
+
+        export_meta = read_export_meta(model_dir)
+    exported_as = None if export_meta is None else str(export_meta["runtime"])
+    if exported_as not in (None, "onnx", "sklearn"):
+        raise ModelLoadError(
+            f"{model_dir / EXPORT_FILE}: unknown runtime {exported_as!r}; re-export with this "
+            "paperops version (`paperops export`)"
+        )
     if runtime == "auto":
-        if exported:
+        if exported_as == "onnx":
             runtime = "onnx-int8" if _has_int8(model_dir) else "onnx"
+        elif exported_as == "sklearn" or family == "tfidf":
+            runtime = "sklearn"
         else:
-            runtime = "sklearn" if family == "tfidf" else "torch"
+            runtime = "torch"
             if family in NEURAL_FAMILIES:
                 log.warning(
                     "%s is a %s bundle without an ONNX export: serving through PyTorch "
@@ -226,20 +238,26 @@ def load_predictor(
                     model_dir,
                     family,
                 )
-    export_meta: dict[str, Any] | None = None
     if runtime in ("onnx", "onnx-int8"):
-        if not exported:
+        if exported_as != "onnx":
+            what = "a tfidf export (served with sklearn)" if exported_as else "a plain bundle"
             raise ModelLoadError(
-                f"runtime {runtime!r} needs an export directory ({EXPORT_FILE}); "
-                f"{model_dir} is a plain bundle: run `paperops export --model {model_dir}`"
+                f"runtime {runtime!r} needs an ONNX export directory ({EXPORT_FILE}); "
+                f"{model_dir} is {what}"
+                + ("" if exported_as else f": run `paperops export --model {model_dir}`")
             )
         from paperops.serve.onnx_runtime import OnnxRuntime
 
         rt: Runtime = OnnxRuntime.load(model_dir, int8=runtime == "onnx-int8", threads=threads)
-        export_meta = json.loads((model_dir / EXPORT_FILE).read_text())
     else:
         if runtime == "sklearn" and family != "tfidf":
             raise ModelLoadError(f"runtime 'sklearn' serves tfidf bundles; {model_dir} is {family}")
+        if exported_as == "onnx":
+            src = (export_meta or {}).get("source", {}).get("bundle", "the source bundle")
+            raise ModelLoadError(
+                f"{model_dir} is an ONNX export: runtime {runtime!r} needs the bundle itself "
+                f"({src}); serve this directory with runtime onnx / onnx-int8 / auto"
+            )
         rt = ClassifierRuntime(load_classifier(model_dir), threads=threads)
     calibration = _load_calibration(model_dir)
     info = ModelInfo(
@@ -258,8 +276,9 @@ def load_predictor(
 
 
 def _has_int8(export_dir: Path) -> bool:
-    try:
-        meta = json.loads((export_dir / EXPORT_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{export_dir / EXPORT_FILE} is corrupt ({e}); re-export") from e
-    return bool(meta.get("int8"))
+    """Whether export.json lists an int8 model (a listed but missing file then fails loading
+    with a clear error instead of silently serving fp32)."""
+    from paperops.serve.onnx_runtime import read_export_meta
+
+    meta = read_export_meta(export_dir)
+    return bool(meta.get("int8")) and bool((meta.get("files") or {}).get("int8"))
