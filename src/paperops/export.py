@@ -77,6 +77,7 @@ NEURAL_FAMILIES = ("embedding", "finetune")
 EXPORTERS = ("torchscript", "dynamo")
 # BERT-style FFN output MatMuls (torchscript node names and dynamo namespaces both match)
 FFN_OUTPUT = r"layer\.\d+[./]output[./]dense"
+FIRST_LAYERS = r"layer\.[01][./]"  # int8 there costs the last ~0.2% of agreement
 _ALPHA_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 
 
@@ -112,7 +113,7 @@ class ParityConfig:
     fp32_max_abs_diff: float = 1e-4
     fp32_min_agreement: float = 0.999
     int8_max_abs_diff: float = 0.2
-    int8_min_agreement: float = 0.99
+    int8_min_agreement: float = 0.995
     int8_max_accuracy_drop: float | None = 0.005  # vs PyTorch, on labelled parity texts
 
     def __post_init__(self) -> None:
@@ -128,7 +129,7 @@ class QuantizeConfig:
     """How the int8 model is made (defaults = configs/export/default.yaml `quantize`)."""
 
     op_types: list[str] = field(default_factory=lambda: ["MatMul"])
-    exclude: list[str] = field(default_factory=lambda: [FFN_OUTPUT])  # regexes kept in fp32
+    exclude: list[str] = field(default_factory=lambda: [FFN_OUTPUT, FIRST_LAYERS])  # kept fp32
     smooth_alpha: float | str | None = "auto"  # SmoothQuant strength; "auto" per group; null off
     calibration_rows: int = 256  # train-split texts for the SmoothQuant statistics
     reduce_range: bool = False
@@ -421,6 +422,8 @@ def _collect_activations(
 ) -> None:
     """Per-channel |max| of each group's input over the calibration texts, each batch's
     per-channel range (dynamic quantization is per batch tensor) and a row sample."""
+    if not groups:  # everything excluded (e.g. a 2-layer encoder): nothing to smooth
+        return
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
