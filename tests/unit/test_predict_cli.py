@@ -71,8 +71,16 @@ def test_predictions_match_the_predictor_in_input_order(
     expected = predictor.predict_papers([(p["title"], p["abstract"]) for p in inputs], top_k=2)
     for row, exp in zip(rows, expected, strict=True):
         assert row["model_version"] == predictor.info.version
-        got = {k: row[k] for k in ("label", "name", "confidence", "top", "prediction_set")}
-        assert got == json.loads(json.dumps(exp.to_dict()))
+        want = json.loads(json.dumps(exp.to_dict()))
+        # same answers; probabilities to float precision (torch batches of 4 vs 11 differ ~1e-7,
+        # which can move the 6th rounded decimal)
+        assert (row["label"], row["name"]) == (want["label"], want["name"])
+        assert row["confidence"] == pytest.approx(want["confidence"], abs=2e-6)
+        for key in ("top", "prediction_set"):
+            assert [s["label"] for s in row[key]] == [s["label"] for s in want[key]]
+            assert [s["probability"] for s in row[key]] == pytest.approx(
+                [s["probability"] for s in want[key]], abs=2e-6
+            )
         assert len(row["top"]) == 2
     assert no_temp_files(out.parent)
 
