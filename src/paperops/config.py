@@ -7,7 +7,8 @@ The Typer CLI composes configs with Hydra's compose API, so every command accept
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -45,3 +46,14 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> D
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(f"invalid configuration (overrides: {list(overrides)}): {e}") from e
     return cfg
+
+
+def dataclass_from_mapping(cls: type, values: Mapping[str, object] | None, where: str) -> object:
+    """A config dataclass from a Hydra/JSON mapping; an unknown key fails with its name, so a
+    typo in a YAML file or an override is an error, not a silently ignored setting."""
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {where} keys {unknown}; known: {sorted(known)}")
+    return cls(**values)

@@ -40,13 +40,14 @@ import shutil
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from paperops.config import dataclass_from_mapping
 from paperops.io import atomic_dir, atomic_write_text
 from paperops.models.base import CALIBRATION_FILE, META_FILE, ModelLoadError, read_meta
 from paperops.serve.onnx_runtime import EXPORT_FILE, INPUT_NAMES, OUTPUT_NAME, read_export_meta
@@ -92,15 +93,6 @@ class ExportError(RuntimeError):
 
 
 # --- configuration ---------------------------------------------------------------------------
-
-
-def _from_mapping(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:
-    values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {where} keys {unknown}; known: {sorted(known)}")
-    return cls(**values)
 
 
 @dataclass
@@ -163,9 +155,9 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.quantize, Mapping):
-            self.quantize = _from_mapping(QuantizeConfig, self.quantize, "export.quantize")
+            self.quantize = dataclass_from_mapping(QuantizeConfig, self.quantize, "export.quantize")
         if isinstance(self.parity, Mapping):
-            self.parity = _from_mapping(ParityConfig, self.parity, "export.parity")
+            self.parity = dataclass_from_mapping(ParityConfig, self.parity, "export.parity")
         if self.exporter not in EXPORTERS:
             raise ValueError(f"export.exporter must be one of {EXPORTERS}, got {self.exporter!r}")
 
@@ -176,7 +168,7 @@ class ExportConfig:
             from omegaconf import OmegaConf
 
             values = OmegaConf.to_container(values, resolve=True)  # type: ignore[assignment]
-        return _from_mapping(cls, values, "export")
+        return dataclass_from_mapping(cls, values, "export")
 
 
 @dataclass

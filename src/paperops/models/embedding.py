@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from paperops.config import dataclass_from_mapping
 from paperops.data.datamodule import TextSplit
 from paperops.io import atomic_write_text
 from paperops.models.base import META_FILE, ModelLoadError, check_label_map
@@ -59,11 +60,7 @@ def config_from_mapping(cls: type, values: Mapping[str, Any], family: str) -> An
     got = values.pop("family", family)
     if got != family:
         raise ValueError(f"config is for family {got!r}, not {family!r}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {family} config keys {unknown}; known: {sorted(known)}")
-    return cls(**values)
+    return dataclass_from_mapping(cls, values, f"{family} config")
 
 
 @dataclass

@@ -226,7 +226,11 @@ def load_predictor(
         )
     if runtime == "auto":
         if exported_as == "onnx":
-            runtime = "onnx-int8" if _has_int8(model_dir) else "onnx"
+            # int8 when export.json lists one (a listed but missing file then fails loading
+            # with a clear error instead of silently serving fp32)
+            meta_x = export_meta or {}
+            has_int8 = bool(meta_x.get("int8")) and bool((meta_x.get("files") or {}).get("int8"))
+            runtime = "onnx-int8" if has_int8 else "onnx"
         elif exported_as == "sklearn" or family == "tfidf":
             runtime = "sklearn"
         else:
@@ -273,12 +277,3 @@ def load_predictor(
         export=export_meta,
     )
     return Predictor(rt, calibration, info)
-
-
-def _has_int8(export_dir: Path) -> bool:
-    """Whether export.json lists an int8 model (a listed but missing file then fails loading
-    with a clear error instead of silently serving fp32)."""
-    from paperops.serve.onnx_runtime import read_export_meta
-
-    meta = read_export_meta(export_dir)
-    return bool(meta.get("int8")) and bool((meta.get("files") or {}).get("int8"))
