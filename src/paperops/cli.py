@@ -41,6 +41,7 @@ except ImportError:  # pragma: no cover - a serve-only install
 
 # export | serve | predict | demo live in paperops.commands.<name>; each adds itself with
 # register(app).
+from paperops.commands import corpus as _corpus  # noqa: E402
 from paperops.commands import demo as _demo  # noqa: E402
 from paperops.commands import export as _export  # noqa: E402
 from paperops.commands import predict as _predict  # noqa: E402
@@ -48,6 +49,7 @@ from paperops.commands import serve as _serve  # noqa: E402
 
 for _module in (_export, _serve, _predict, _demo):
     _module.register(app)
+_corpus.register(data_app)
 
 Overrides = Annotated[
     list[str] | None,
@@ -228,7 +230,8 @@ def train_cmd(
         ),
     ] = False,
 ) -> None:
-    """Train a classifier (experiment=tfidf|embedding|finetune), track it, gate the champion."""
+    """Train a model (experiment=tfidf|embedding|finetune|lm_mqp|lm_arxiv), track it, gate the
+    champion."""
     from paperops.data.datamodule import EmptySplitError
     from paperops.models.base import ModelLoadError
 
@@ -256,9 +259,14 @@ def train_cmd(
     if result is None:  # DDP rank > 0: rank 0 reports
         return
     v = result.val_metrics
+    scores = (
+        f"loss {v['val_loss']:.4f}, perplexity {v['val_perplexity']:.2f}"
+        if result.family == "lm"
+        else f"accuracy {v['val_accuracy']:.4f}, macro-F1 {v['val_macro_f1']:.4f}"
+    )
     typer.echo(
         f"trained {result.family} in {result.train_seconds:.1f} s -> {result.bundle_dir}\n"
-        f"  validation: accuracy {v['val_accuracy']:.4f}, macro-F1 {v['val_macro_f1']:.4f}"
+        f"  validation: {scores}"
     )
     if result.run_id:
         typer.echo(f"  mlflow run: {result.run_id} ({cfg.logger.tracking_uri})")
@@ -281,7 +289,8 @@ def evaluate_cmd(
         Path | None, typer.Option(help="Where the report goes (default: evaluate.report_dir).")
     ] = None,
 ) -> None:
-    """Test-set metrics, calibration, conformal sets, slices and behavioural checks -> report."""
+    """Test-set metrics, calibration, conformal sets, slices and behavioural checks -> report
+    (for a language model: held-out perplexity, bits per byte, slices and samples)."""
     from paperops.data.datamodule import EmptySplitError
     from paperops.jobs import evaluate_bundle
     from paperops.models.base import ModelLoadError
@@ -299,6 +308,13 @@ def evaluate_cmd(
         m = evaluate_bundle(cfg, model_dir, out)
     except (FileNotFoundError, EmptySplitError, ModelLoadError, ValueError) as e:
         raise _fail(str(e)) from None
+    if "perplexity" in m:
+        typer.echo(
+            f"evaluated {model_dir} on {m['n_test']:,} test texts -> {out}/report.md\n"
+            f"  loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} (unigram "
+            f"{m['unigram_perplexity']:.2f}), {m['bits_per_byte']:.3f} bits/byte"
+        )
+        return
     c = m["conformal"]
     typer.echo(
         f"evaluated {model_dir} on {m['n_test']:,} test papers -> {out}/report.md\n"

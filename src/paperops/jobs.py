@@ -37,7 +37,10 @@ def evaluate_bundle(
     from paperops.evaluate import EvalConfig, evaluate_classifier
 
     model_dir, report_dir = Path(model_dir), Path(report_dir)
-    read_meta(model_dir)  # a clear error before any data is read
+    if read_meta(model_dir)["family"] == "lm":  # a clear error before any data is read
+        from paperops.evaluate_lm import evaluate_lm
+
+        return evaluate_lm(cfg, model_dir, report_dir, log_to_mlflow=log_to_mlflow)
     info = training_info(model_dir)
     processed = Path(cfg.train.processed_dir)
     labels, _ = read_labels(processed)
@@ -59,7 +62,7 @@ def evaluate_bundle(
     run_name = str(info.get("run_name") or model_dir.name)
     metrics = evaluate_classifier(model, splits, report_dir, ecfg, run_name=run_name)
     if log_to_mlflow and info.get("run_id"):
-        _log_evaluation(cfg, info["run_id"], metrics, report_dir)
+        log_evaluation(cfg, info["run_id"], metrics, report_dir)
     return metrics
 
 
@@ -75,7 +78,7 @@ def _prepare_for_inference(model: Any, info: dict[str, Any]) -> None:
             model.to("cuda")
 
 
-def _log_evaluation(
+def log_evaluation(
     cfg: DictConfig, run_id: str, metrics: dict[str, Any], report_dir: Path
 ) -> None:
     """Test metrics and the report go into the training run, so one run holds the whole story."""

@@ -31,6 +31,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 PYFUNC_FILE = Path(__file__).with_name("mlflow_pyfunc.py")
+LM_PYFUNC_FILE = Path(__file__).with_name("mlflow_pyfunc_lm.py")
 UNKNOWN = "unknown"
 SQLITE_PREFIX = "sqlite:///"
 
@@ -376,25 +377,35 @@ def log_params_to_wandb(loggers: list[Any], config: DictConfig | Mapping[str, An
 def _signature(bundle_dir: Path) -> Any:
     """Input/output schema from model.json alone: no model load needed at logging time."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
     from paperops.mlflow_pyfunc import INPUT_COLUMNS, output_columns
     from paperops.models.base import read_meta
 
-    labels = list(read_meta(bundle_dir)["labels"])
-    cols = output_columns(labels)
+    meta = read_meta(bundle_dir)
+    if meta["family"] == "lm":
+        from paperops.mlflow_pyfunc_lm import PARAMS
+
+        types = {int: "long", float: "double"}
+        return ModelSignature(
+            inputs=Schema([ColSpec("string", "prompt")]),
+            outputs=Schema([ColSpec("string", "text"), ColSpec("long", "generated_tokens")]),
+            params=ParamSchema([ParamSpec(k, types[type(v)], v) for k, v in PARAMS.items()]),
+        )
+    cols = output_columns(list(meta["labels"]))
     inputs: list[ColSpec | TensorSpec] = [ColSpec("string", c) for c in INPUT_COLUMNS]
     outputs: list[ColSpec | TensorSpec] = [ColSpec("string", cols[0])]
     outputs += [ColSpec("double", c) for c in cols[1:]]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 
-def _pip_requirements() -> list[str]:
+def _pip_requirements(lm: bool = False) -> list[str]:
     """Pinned runtime needs of the pyfunc (skipping MLflow's slow requirement inference)."""
     from importlib.metadata import PackageNotFoundError, version
 
     reqs = [f"paperops=={__version__}"]
-    for dist in ("mlflow", "numpy", "pandas", "scikit-learn", "skops"):
+    extra = ("torch", "transformers", "tokenizers", "safetensors") if lm else ("skops",)
+    for dist in ("mlflow", "numpy", "pandas", "scikit-learn", *extra):
         try:
             reqs.append(f"{dist}=={version(dist)}")
         except PackageNotFoundError:
@@ -417,21 +428,25 @@ def log_model_bundle(
     import mlflow
     import pandas as pd
 
-    from paperops.mlflow_pyfunc import INPUT_EXAMPLE
+    from paperops import mlflow_pyfunc, mlflow_pyfunc_lm
     from paperops.models.base import read_meta
 
     bundle_dir = Path(bundle_dir).resolve()
-    read_meta(bundle_dir)  # fail early, with paperops' message, on something that is no bundle
+    # fail early, with paperops' message, on something that is no bundle
+    is_lm = read_meta(bundle_dir)["family"] == "lm"
+    code, example = (
+        (LM_PYFUNC_FILE, mlflow_pyfunc_lm.INPUT_EXAMPLE)
+        if is_lm
+        else (PYFUNC_FILE, mlflow_pyfunc.INPUT_EXAMPLE)
+    )
     kwargs: dict[str, Any] = {
         "name": name,
-        "python_model": str(PYFUNC_FILE),
+        "python_model": str(code),
         "artifacts": {"bundle": str(bundle_dir)},
         "signature": _signature(bundle_dir),
-        "pip_requirements": _pip_requirements(),
+        "pip_requirements": _pip_requirements(lm=is_lm),
     }
-    kwargs["input_example"] = pd.DataFrame(
-        INPUT_EXAMPLE if input_example is None else input_example
-    )
+    kwargs["input_example"] = pd.DataFrame(example if input_example is None else input_example)
 
     active = mlflow.active_run()
     if active is not None and active.info.run_id == run.run_id:

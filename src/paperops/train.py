@@ -9,12 +9,13 @@ global rank 0 tracks, saves and registers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,10 @@ def split_metrics(model: Classifier, split: TextSplit, prefix: str) -> dict[str,
 
 def train(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainResult | None:
     """Train `cfg.model.family` on `cfg.train.processed_dir`; None on DDP ranks other than 0."""
+    if str(cfg.model.family) == "lm":
+        from paperops.train_lm import train_lm
+
+        return train_lm(cfg, callbacks=callbacks)
     from paperops.evaluate import EvalConfig, fit_calibration
 
     t_start = time.perf_counter()
@@ -137,26 +142,10 @@ def train(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainResult
     model = build_classifier(cfg.model, labels)
     rank_zero = is_global_rank_zero()
     track = bool(tcfg.track) and rank_zero
-    register = track and bool(tcfg.register)
     out_dir = Path(tcfg.output_dir)
     work_dir = Path(cfg.paths.work) / str(tcfg.run_name)
 
-    run_ctx = None
-    loggers: list[Any] = []
-    if track:
-        from paperops import tracking
-
-        run_ctx = tracking.start_run(
-            cfg.logger,
-            run_name=str(tcfg.run_name),
-            config=cfg,
-            tags={"family": str(cfg.model.family)},
-            data_dir=processed,
-        )
-        run = run_ctx.__enter__()
-        loggers = tracking.lightning_loggers(cfg.logger, run.run_id, run_name=str(tcfg.run_name))
-        tracking.log_params_to_wandb(loggers, cfg)
-    try:
+    with tracked_run(cfg, processed, track=track) as (run, loggers):
         fit_summary = fit_classifier(
             model, splits, cfg, loggers=loggers, work_dir=work_dir, callbacks=callbacks
         )
@@ -170,19 +159,12 @@ def train(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainResult
             model.logits(cal.texts), cal.y, EvalConfig.from_config(_plain(cfg.evaluate))
         )
         info = {
-            "family": str(cfg.model.family),
-            "run_name": str(tcfg.run_name),
-            "run_id": run.run_id if track else None,
-            "tracking_uri": str(cfg.logger.tracking_uri) if track else None,
-            "processed_dir": str(processed),
-            "data_hash": data_hash(processed),
+            **run_info(cfg, run, processed, seed=int(cfg.seed)),
             "max_rows": max_rows,
-            "seed": int(cfg.seed),
             "rows": {k: len(v) for k, v in splits.items()},
             "val_metrics": val_metrics,
             "train_seconds": train_seconds,
             "fit_summary": fit_summary,
-            "config": _plain(cfg),
         }
         with atomic_dir(out_dir) as tmp:
             model.save(tmp)
@@ -192,18 +174,49 @@ def train(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainResult
         result = TrainResult(
             out_dir, str(cfg.model.family), val_metrics, train_seconds, fit_summary=fit_summary
         )
-        if track:
+        if run is not None:
             result.run_id = run.run_id
-            result.decision = _track_and_register(cfg, run, out_dir, info, register=register)
+            result.decision = _track_and_register(
+                cfg, run, out_dir, info, register=bool(tcfg.register)
+            )
         return result
-    except BaseException as e:
-        if run_ctx is not None:
-            run_ctx.__exit__(type(e), e, e.__traceback__)
-            run_ctx = None
-        raise
-    finally:
-        if run_ctx is not None:
-            run_ctx.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def tracked_run(cfg: DictConfig, data_dir: Path, *, track: bool) -> Iterator[tuple[Any, list[Any]]]:
+    """(MLflow run handle, Lightning loggers) for `cfg.train.run_name`, or (None, []) untracked.
+
+    The run ends FAILED if the body raises (tracking.start_run records it)."""
+    if not track:
+        yield None, []
+        return
+    from paperops import tracking
+
+    run_name = str(cfg.train.run_name)
+    with tracking.start_run(
+        cfg.logger,
+        run_name=run_name,
+        config=cfg,
+        tags={"family": str(cfg.model.family)},
+        data_dir=data_dir,
+    ) as run:
+        loggers = tracking.lightning_loggers(cfg.logger, run.run_id, run_name=run_name)
+        tracking.log_params_to_wandb(loggers, cfg)
+        yield run, loggers
+
+
+def run_info(cfg: DictConfig, run: Any, data_dir: Path, *, seed: int) -> dict[str, Any]:
+    """The provenance part of training.json: which run, which data, which config."""
+    return {
+        "family": str(cfg.model.family),
+        "run_name": str(cfg.train.run_name),
+        "run_id": run.run_id if run is not None else None,
+        "tracking_uri": str(cfg.logger.tracking_uri) if run is not None else None,
+        "processed_dir": str(data_dir),
+        "data_hash": data_hash(data_dir),
+        "seed": seed,
+        "config": _plain(cfg),
+    }
 
 
 def _track_and_register(
