@@ -35,11 +35,13 @@ sysdeps:  ## install the Debian packages the tests need (when missing)
 	  $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq --no-install-recommends $$missing; \
 	fi
 
-demo: $(STAMP)  ## the pipeline (dvc repro), then the API on loopback classifying example papers
+demo: $(STAMP)  ## the pipeline (dvc repro), then the API on loopback classifying papers and generating text
 	dvc repro
 	@echo; head -12 data/processed/data_card.md
 	@for r in tfidf demo_embedding; do echo; echo "== reports/$$r/report.md"; sed -n '1,30p' reports/$$r/report.md; done
+	@echo; echo "== reports/demo_lm/report.md"; cat reports/demo_lm/report.md
 	@echo; paperops models list
+	@echo; paperops models list --name paperops-generator
 	@echo; paperops demo
 
 serve: $(STAMP)  ## serve the registry champion on http://127.0.0.1:8000 until Ctrl-C

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -58,14 +59,18 @@ def export_cmd(
         parity_table,
         write_parity_report,
     )
+    from paperops.export_lm import is_lm_bundle
     from paperops.models.base import ModelLoadError
 
     cfg = _config(overrides)
+    model_dir = model or Path(str(cfg.export.model_dir))
+    if is_lm_bundle(model_dir):
+        _export_lm(cfg, model_dir, output, no_int8, threads, report, model)
+        return
     try:
-        ecfg = ExportConfig.from_mapping(cfg.export)
+        ecfg = ExportConfig.from_mapping(_without_lm(cfg.export))
     except (TypeError, ValueError) as e:
         raise _fail(f"bad export config: {e}") from None
-    model_dir = model or Path(str(ecfg.model_dir))
     out_dir = output or Path(str(ecfg.output_dir))
     typer.echo(f"exporting {model_dir} -> {out_dir}")
     try:
@@ -94,3 +99,85 @@ def export_cmd(
         report = Path(ecfg.report)
     if report is not None:
         typer.echo(f"  parity report: {write_parity_report(result, report)}")
+
+
+def _without_lm(export_cfg: Any) -> Any:
+    """cfg.export minus its `lm:` section (the language-model export's own settings)."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(export_cfg, resolve=True) if export_cfg is not None else {}
+    if isinstance(values, dict):
+        values.pop("lm", None)
+    return values
+
+
+def _export_lm(
+    cfg: Any,
+    model_dir: Path,
+    output: Path | None,
+    no_int8: bool,
+    threads: int | None,
+    report: Path | None,
+    model: Path | None,
+) -> None:
+    """An `lm` bundle: the GPT-2 decoder with past key values to ONNX (+ int8), parity-checked
+    against PyTorch on fixed prompts (settings: `export.lm`)."""
+    from paperops.cli import _fail
+    from paperops.export import ExportError
+    from paperops.export_lm import LMExportConfig, export_lm, lm_parity_table
+    from paperops.io import atomic_write_text
+    from paperops.models.base import ModelLoadError
+
+    try:
+        lcfg = LMExportConfig.from_mapping(cfg.export.get("lm"))
+    except (TypeError, ValueError) as e:
+        raise _fail(f"bad export.lm config: {e}") from None
+    out_dir = output or Path(str(cfg.export.output_dir))
+    texts = _heldout_texts(cfg, lcfg.ppl_texts)
+    typer.echo(
+        f"exporting language model {model_dir} -> {out_dir}"
+        + (f" (perplexity delta on {len(texts)} val texts)" if texts else "")
+    )
+    try:
+        meta = export_lm(
+            model_dir,
+            out_dir,
+            cfg=lcfg,
+            int8=False if no_int8 else None,
+            texts=texts,
+            threads=threads,
+        )
+    except ExportError as e:
+        if e.parity:
+            typer.echo(lm_parity_table(e.parity))
+        raise _fail(str(e), code=1) from None
+    except (ModelLoadError, FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+    parity = meta["parity"]
+    typer.echo(lm_parity_table(parity))
+    files = ", ".join(f for f in meta["files"].values() if f)
+    typer.echo(
+        f"exported lm (onnx) in {meta['seconds']['total']:.1f} s -> {out_dir}\n  files: {files}"
+    )
+    if report is None and cfg.export.get("report") and model is None and output is None:
+        report = Path(str(cfg.export.report))
+    if report is not None:
+        figures = {k: parity[k] for k in ("fp32", "int8", "perplexity") if k in parity}
+        out = {"runtime": "onnx", "family": "lm", **figures}
+        out["export_seconds"] = meta["seconds"]["total"]
+        atomic_write_text(Path(report), json.dumps(out, indent=2) + "\n")
+        typer.echo(f"  parity report: {report}")
+
+
+def _heldout_texts(cfg: Any, n: int) -> list[str] | None:
+    """Up to `n` texts of the composed corpus's val split (`corpus.output_dir`), for the
+    perplexity delta; None when no corpus is composed or prepared (the delta is then skipped)."""
+    from omegaconf import OmegaConf
+
+    directory = OmegaConf.select(cfg, "corpus.output_dir", default=None)
+    if not directory or n < 1 or not (Path(str(directory)) / "val.parquet").is_file():
+        return None
+    from paperops.data.corpus import load_corpus
+
+    seed = int(OmegaConf.select(cfg, "seed", default=0) or 0)
+    return load_corpus(Path(str(directory)), ("val",), max_rows={"val": n}, seed=seed)["val"]
