@@ -39,15 +39,16 @@ try:  # the registry commands need the train extra (mlflow)
 except ImportError:  # pragma: no cover - a serve-only install
     pass
 
-# export | serve | predict | demo live in paperops.commands.<name>; each adds itself with
+# export | serve | predict | generate | demo live in paperops.commands.<name>; each adds itself with
 # register(app).
 from paperops.commands import corpus as _corpus  # noqa: E402
 from paperops.commands import demo as _demo  # noqa: E402
 from paperops.commands import export as _export  # noqa: E402
+from paperops.commands import generate as _generate  # noqa: E402
 from paperops.commands import predict as _predict  # noqa: E402
 from paperops.commands import serve as _serve  # noqa: E402
 
-for _module in (_export, _serve, _predict, _demo):
+for _module in (_export, _serve, _predict, _generate, _demo):
     _module.register(app)
 _corpus.register(data_app)
 

@@ -123,7 +123,8 @@ class Sampler:
 
     def next_token(self, logits: torch.Tensor) -> int:
         p = self.params
-        logits = logits.float() / p.temperature
+        # float32 logits / a tiny temperature overflow to inf (then NaN in softmax): clamp it
+        logits = logits.float() / max(p.temperature, 1e-4)
         if p.top_k == 1:
             return int(torch.argmax(logits))
         if 0 < p.top_k < logits.numel():
@@ -135,6 +136,7 @@ class Sampler:
             cum = torch.cumsum(sorted_p, dim=-1)
             # keep the smallest prefix whose mass reaches top_p (always at least one token)
             drop = (cum - sorted_p) >= p.top_p
+            drop[0] = False  # a top_p below float precision still keeps the likeliest token
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
         return int(torch.multinomial(probs, 1, generator=self.generator))

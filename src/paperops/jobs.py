@@ -78,9 +78,7 @@ def _prepare_for_inference(model: Any, info: dict[str, Any]) -> None:
             model.to("cuda")
 
 
-def log_evaluation(
-    cfg: DictConfig, run_id: str, metrics: dict[str, Any], report_dir: Path
-) -> None:
+def log_evaluation(cfg: DictConfig, run_id: str, metrics: dict[str, Any], report_dir: Path) -> None:
     """Test metrics and the report go into the training run, so one run holds the whole story."""
     import mlflow
 

@@ -139,7 +139,8 @@ def test_page_loads_with_the_model_and_limits(page: Any, server: str) -> None:
     assert page.inner_text("#title-count") == f"0 / {limits['title_max_chars']:,}"
     assert page.inner_text("#abstract-count") == f"0 / {limits['abstract_max_chars']:,}"
     assert page.title().startswith("paperops")
-    assert page.is_hidden("#tabs")  # one tool so far: no tab bar
+    assert page.is_visible("#tabs")  # two tools: classify (selected first) and generate
+    assert page.get_attribute("#tab-panel-classify", "aria-selected") == "true"
     assert page.errors == []
 
 

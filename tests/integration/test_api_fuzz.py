@@ -19,6 +19,7 @@ from schemathesis.checks import not_a_server_error
 from paperops.config import load_config
 from paperops.serve.app import create_app
 from paperops.serve.settings import ServeSettings
+from tests.integration.gen_helpers import build_tiny_lm
 from tests.integration.serve_helpers import serve_cli
 
 pytestmark = pytest.mark.integration
@@ -29,7 +30,15 @@ def live_server(tfidf_bundle: Path, tmp_path_factory: pytest.TempPathFactory) ->
     base = tmp_path_factory.mktemp("fuzz")
     model = shutil.copytree(tfidf_bundle, base / "model")
     # an admin token is set, so /v1/admin/reload is live and fuzzed through its auth
-    with serve_cli(base, "--model", str(model), env={"PAPEROPS_ADMIN_TOKEN": "fuzz-token"}) as url:
+    lm = build_tiny_lm(base / "lm")  # /v1/generate and /infer are fuzzed with a real LM
+    with serve_cli(
+        base,
+        "--model",
+        str(model),
+        "--generator",
+        str(lm),
+        env={"PAPEROPS_ADMIN_TOKEN": "fuzz-token"},
+    ) as url:
         yield url
 
 

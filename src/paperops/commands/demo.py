@@ -1,6 +1,7 @@
 """`paperops demo`: the last step of `make demo`. Starts the API on loopback exactly as a user
 would (`paperops serve`, the registry champion by default), classifies the example papers of the
-web page over HTTP, prints the answers and stops the server cleanly."""
+web page over HTTP, prints the answers; when the server also has a language model, generates one
+continuation of an example prompt (fixed seed) over HTTP too; then stops the server cleanly."""
 
 from __future__ import annotations
 
@@ -12,12 +13,55 @@ from typing import Annotated, Any
 import typer
 
 EXAMPLES = "examples.json"
+PROMPTS = "prompts.json"
+DEMO_SEED = 0  # a fixed seed: the same model prints the same continuation on every run
+DEMO_NEW_TOKENS = 40
 
 
 def load_examples() -> list[dict[str, Any]]:
     """The web page's example papers (shipped in the package, written for paperops)."""
     text = resources.files("paperops.serve").joinpath("static", EXAMPLES).read_text("utf-8")
     return list(json.loads(text))
+
+
+def load_prompts() -> list[dict[str, Any]]:
+    """The web page's example prompts: medical questions and arXiv-style starts."""
+    text = resources.files("paperops.serve").joinpath("static", PROMPTS).read_text("utf-8")
+    return list(json.loads(text))
+
+
+def pick_prompt(prompts: list[dict[str, Any]], generator: dict[str, Any]) -> dict[str, Any]:
+    """The first prompt from the generator's corpus when /v1/model names it, else the first."""
+    corpus = generator.get("corpus")
+    for p in prompts:
+        if corpus and p.get("corpus") == corpus:
+            return p
+    return prompts[0]
+
+
+def generation_demo(client: Any, base: str) -> None:
+    """One generation over HTTP when the server has a language model; one line when not."""
+    info = client.get(f"{base}/v1/model", timeout=30).json()
+    gen = info.get("generator") if isinstance(info, dict) else None
+    if not gen:
+        typer.echo("\nno language model is loaded: skipping the generation demo")
+        return
+    prompt = pick_prompt(load_prompts(), gen)["prompt"]
+    cap = gen.get("max_new_tokens_cap")
+    new_tokens = min(DEMO_NEW_TOKENS, int(cap)) if cap else DEMO_NEW_TOKENS
+    body = {"prompt": prompt, "max_new_tokens": new_tokens, "seed": DEMO_SEED}
+    r = client.post(f"{base}/v1/generate", json=body, timeout=300)
+    r.raise_for_status()
+    out = r.json()
+    m = out["model"]
+    typer.echo(f"\nlanguage model {m['name']} v{m['version']} ({m['runtime']})")
+    typer.echo(f"  prompt: {prompt!r}")
+    typer.echo(f"  continuation (seed {out['seed']}): {out['text']!r}")
+    t, timing = out["tokens"], out["timing"]
+    typer.echo(
+        f"  {t['generated']} tokens ({out['finish_reason']}), {timing['tokens_per_s']:.1f} "
+        f"tokens/s, first token after {timing['ttft_ms']:.0f} ms"
+    )
 
 
 def _print_answers(examples: list[dict[str, Any]], body: dict[str, Any]) -> None:
@@ -48,14 +92,25 @@ def register(app: typer.Typer) -> None:
         model: Annotated[
             Path | None, typer.Option(help="Serve this bundle instead of the champion.")
         ] = None,
+        generator: Annotated[
+            Path | None,
+            typer.Option(
+                help="Serve this LM bundle instead of the generator champion (if registered)."
+            ),
+        ] = None,
     ) -> None:
-        """Start the API on 127.0.0.1, classify the example papers over HTTP, print, stop."""
+        """Start the API on 127.0.0.1, classify the example papers over HTTP (and generate one
+        text when a language model is served), print, stop."""
         import httpx
 
         from paperops.serve.launcher import ServerStartError, running_server
 
         examples = load_examples()
-        args = [*(["--model", str(model)] if model else []), *(overrides or [])]
+        args = [
+            *(["--model", str(model)] if model else []),
+            *(["--generator", str(generator)] if generator else []),
+            *(overrides or []),
+        ]
         typer.echo("starting paperops serve on 127.0.0.1 ...")
         try:
             with running_server(args) as base:
@@ -67,6 +122,7 @@ def register(app: typer.Typer) -> None:
                 r = httpx.post(f"{base}/v1/classify", json=payload, timeout=120)
                 r.raise_for_status()
                 _print_answers(examples, r.json())
+                generation_demo(httpx, base)
                 ready = httpx.get(f"{base}/readyz", timeout=10).json()
                 typer.echo(f"\nreadyz: {ready}")
             typer.echo("server stopped cleanly")

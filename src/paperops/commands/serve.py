@@ -101,16 +101,30 @@ def register(app: typer.Typer) -> None:
         access_log: Annotated[
             bool, typer.Option(help="Log every HTTP request line (noisy under load).")
         ] = False,
+        generator: Annotated[
+            Path | None,
+            typer.Option(
+                help="Serve this LM bundle or LM export directory at /v1/generate and /infer "
+                "(default: serve.generator.model, else the paperops-generator champion if one "
+                "is registered)."
+            ),
+        ] = None,
+        generator_ref: Annotated[
+            str | None,
+            typer.Option(help="Registry alias or version of the language model to serve."),
+        ] = None,
     ) -> None:
         """Serve the classifier over HTTP: /v1/classify, /predict, /docs, /metrics, a web page."""
         from paperops.cli import _config, _fail
         from paperops.models.base import ModelLoadError
         from paperops.serve.app import create_app, warm
-        from paperops.serve.loader import make_loader
+        from paperops.serve.loader import make_generator_loader, make_loader
         from paperops.serve.settings import ServeSettings, SettingsError
 
         if model is not None and ref is not None:
             raise _fail("give either --model or --ref, not both")
+        if generator is not None and generator_ref is not None:
+            raise _fail("give either --generator or --generator-ref, not both")
         cfg = _config(overrides)
         given = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
         try:
@@ -124,8 +138,30 @@ def register(app: typer.Typer) -> None:
                 predictor = warm(loader(None))
             except (ModelLoadError, ValueError, OSError) as e:
                 raise _fail(str(e)) from None
+        gen_settings = settings.generator
+        # asked for by name (an option) or by config (enabled: true): failing to load is fatal
+        required = gen_settings.required or generator is not None or generator_ref is not None
+        gen_loader = None
+        if gen_settings.enabled is not False or required:
+            gen_loader = make_generator_loader(cfg, model=generator, ref=generator_ref)
+        gen, gen_error = None, None
+        if gen_loader is not None and not wait_ready:
+            try:
+                gen = gen_loader()
+            except (ModelLoadError, ValueError, OSError) as e:
+                if required:
+                    raise _fail(f"the language model cannot be loaded: {e}") from None
+                gen_error = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+                typer.echo(f"no language model: {gen_error}; /v1/generate answers 503", err=True)
         try:
-            api = create_app(settings, loader, predictor=predictor)
+            api = create_app(
+                settings,
+                loader,
+                predictor=predictor,
+                generator=gen,
+                generator_loader=gen_loader if wait_ready else None,
+                generator_error=gen_error,
+            )
         except (ValueError, OSError) as e:
             raise _fail(str(e)) from None
 
@@ -135,6 +171,8 @@ def register(app: typer.Typer) -> None:
             else:
                 i = predictor.info
                 what = f"{i.name} v{i.version} ({i.runtime})"
+            if gen is not None:
+                what += f" + language model {gen.name} v{gen.version} ({gen.runtime})"
             typer.echo(f"serving {what} at {url}  (docs: /docs)")
 
         run_server(

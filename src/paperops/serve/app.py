@@ -12,8 +12,10 @@ or over-long text, too many papers, a wrong content type and an oversized body (
 the bytes as they stream in, not only on Content-Length) all get a 4xx whose body names the field
 and the rule: `{"error": "<one line>", "detail": [{"loc": [...], "msg": "...", "type": "..."}]}`.
 
-The language-model endpoints (`/v1/generate`, `/infer`) will come as extra routers
-(`create_app(..., routers=[...])`); they can reach this app's state as `request.app.state.serve`.
+The language-model endpoints (`/v1/generate`, `/infer`, `paperops.serve.generate`) are always
+routed; they answer 503 with the reason while no language model is loaded (`generator=` or
+`generator_loader=`; `app.state.generator` holds it). Extra routers can be added with
+`create_app(..., routers=[...])`; they reach this app's state as `request.app.state.serve`.
 
 No `from __future__ import annotations` here: the endpoints are closures over request models
 built at app-creation time, and FastAPI must see their real types.
@@ -282,6 +284,7 @@ class ServeState:
         self.schemas = S.make_schemas(settings.limits)
         self.batcher: MicroBatcher | None = None
         self.reqlog: Any | None = None  # paperops.serve.reqlog.RequestLog
+        self.generator: Any | None = None  # paperops.serve.generate.GeneratorState
         self.loading = False
         self.load_error: str | None = None
         self.reload_lock = asyncio.Lock()
@@ -437,12 +440,33 @@ def create_app(
     predictor: Predictor | None = None,
     routers: Sequence[APIRouter] = (),
     metrics: ServeMetrics | None = None,
+    generator: Any | None = None,
+    generator_loader: Callable[[], Any] | None = None,
+    generator_error: str | None = None,
 ) -> FastAPI:
     """The API for `settings`. With `predictor`, it is ready as soon as it starts; without,
     the lifespan loads `loader(None)` in the background while /healthz already answers and
-    /readyz says why it is not ready yet."""
+    /readyz says why it is not ready yet.
+
+    The language model likewise: `generator` (a `LoadedGenerator`) serves at once,
+    `generator_loader()` loads in the background, `generator_error` says why there is none."""
+    from paperops.serve.generate import (
+        GeneratorInfoOut,
+        GeneratorState,
+        make_generation_router,
+    )
+
     metrics = metrics or ServeMetrics()
     state = ServeState(settings, loader, metrics)
+    gen_state = GeneratorState(
+        settings.generator,
+        metrics,
+        loader=generator_loader,
+        generator=generator,
+        error=generator_error,
+        reqlog=lambda: state.reqlog,
+    )
+    state.generator = gen_state
     schemas = state.schemas
     limits = settings.limits
     new_request_id = RequestIds()
@@ -450,6 +474,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         await _start_request_log(state)
+        await gen_state.start()
         load_task: asyncio.Task[None] | None = None
         if predictor is not None:
             state.install(predictor)
@@ -465,6 +490,7 @@ def create_app(
                 drained = await anyio.to_thread.run_sync(state.batcher.close, timeout)
                 if not drained:
                     log.error("the inference worker did not finish within %.1f s", timeout)
+            await gen_state.close(timeout)
             if state.reqlog is not None:
                 await anyio.to_thread.run_sync(state.reqlog.close, timeout)
                 log.info(
@@ -488,6 +514,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.serve = state
+    app.state.generator = gen_state
     _install_error_handlers(app)
 
     # innermost first: arrivals -> body limit -> CORS -> metrics (outermost)
@@ -544,8 +571,13 @@ def create_app(
         tags=["probes"],
     )
     async def readyz() -> Response:
-        """Readiness: 200 once a model is loaded and the inference worker runs."""
+        """Readiness: 200 once a model is loaded and the inference worker runs (and the
+        language model too when serve.generator.enabled is true)."""
         reason = state.not_ready_reason()
+        if reason is None and settings.generator.required:
+            gen_reason = gen_state.not_ready_reason()
+            if gen_reason is not None:
+                reason = f"the language model is not ready: {gen_reason}"
         if reason is not None:
             return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
         info = state.predictor.info  # type: ignore[union-attr]
@@ -559,7 +591,10 @@ def create_app(
 
     # --- the model ---
 
-    @app.get("/v1/model", response_model=S.ModelResponse, responses=busy, tags=["classification"])
+    class ModelResponse(S.ModelResponse):
+        generator: GeneratorInfoOut | None = None
+
+    @app.get("/v1/model", response_model=ModelResponse, responses=busy, tags=["classification"])
     async def model_info() -> dict[str, Any]:
         """What is being served, the input limits and the batching settings."""
         p = state.predictor
@@ -584,6 +619,7 @@ def create_app(
                 "queue_size": b.queue_size,
                 "retry_after_s": b.retry_after_s,
             },
+            "generator": gen_state.info(),
         }
 
     # --- classification ---
@@ -785,6 +821,7 @@ def create_app(
             """Validates like /v1/classify and answers at once: the HTTP ceiling."""
             return JSONResponse({"papers": len(body.papers)})  # type: ignore[attr-defined]
 
+    app.include_router(make_generation_router(settings.generator))
     for router in routers:
         app.include_router(router)
     return app

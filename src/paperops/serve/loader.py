@@ -133,3 +133,110 @@ def make_loader(
         return resolve_predictor(cfg, model=model, ref=ref)
 
     return load
+
+
+# --- the language model (/v1/generate) ----------------------------------------------------------
+
+
+def resolve_generator(cfg: Any, model: Path | None = None, ref: str | None = None) -> Any:
+    """The `LoadedGenerator` to serve: `model` (an LM bundle or LM export directory) if given,
+    else `serve.generator.model` if set, else version `ref` (default `serve.generator.ref`) of
+    the registry's `serve.generator.registered_model` (`paperops-generator`).
+
+    Raises ModelLoadError with the fix when none can be loaded."""
+    from paperops.serve.generate import load_generator
+
+    runtime = str(_get(cfg, "serve.generator.runtime", "torch"))
+    threads = _get(cfg, "serve.generator.threads")
+    if threads is None:
+        threads = _get(cfg, "serve.threads")
+    threads = None if threads is None else int(threads)
+    if model is None and ref is None and _get(cfg, "serve.generator.model"):
+        model = Path(str(_get(cfg, "serve.generator.model")))
+    if model is not None:
+        model = Path(model)
+        if not model.exists():
+            raise ModelLoadError(
+                f"--generator {model} does not exist; pass an LM bundle or LM export directory"
+            )
+        return load_generator(model, runtime=runtime, threads=threads)
+    ref = str(ref or _get(cfg, "serve.generator.ref", "champion"))
+    name = str(_get(cfg, "serve.generator.registered_model", "paperops-generator"))
+    _require_store(cfg, name, ref)
+    try:
+        from mlflow.exceptions import MlflowException
+
+        from paperops import registry
+    except ImportError as e:
+        raise ModelLoadError(
+            f"loading a registered language model needs the train extra ({e}); "
+            "pass --generator PATH to serve an LM bundle"
+        ) from e
+    models_dir = Path(str(_get(cfg, "paths.models", "models")))
+    try:
+        info = registry.show(cfg.logger, ref, name=name)
+        version = str(info["version"])
+        bundle = registry.download_bundle(
+            cfg.logger, ref=version, dst=models_dir / "registry" / name, name=name
+        )
+    except registry.RegistryError as e:
+        raise ModelLoadError(
+            f"cannot load {name}@{ref}: {e} (train one with `paperops train "
+            "experiment=lm_mqp`, or pass --generator PATH)"
+        ) from e
+    except (MlflowException, OSError) as e:
+        raise ModelLoadError(
+            f"cannot read {name}@{ref} from {_get(cfg, 'logger.tracking_uri')}: {e}; "
+            "pass --generator PATH to serve an LM bundle"
+        ) from e
+    is_alias = not ref.lstrip("vV").isdigit()
+    source = f"models:/{name}@{ref}" if is_alias else f"models:/{name}/{version}"
+    log.info("language model %s v%s from %s", name, version, bundle)
+    path = Path(bundle)
+    if runtime in ("auto", "onnx", "onnx-int8"):
+        path = _lm_export(cfg, path, models_dir, f"{name}-v{version}", threads)
+    return load_generator(
+        path, runtime=runtime, threads=threads, name=name, version=version, source=source
+    )
+
+
+def _lm_export(cfg: Any, bundle: Path, models_dir: Path, key: str, threads: int | None) -> Path:
+    """The ONNX export of a registered LM (made on first serve, reused while the bundle is the
+    same); the bundle itself, served by PyTorch, when exporting is not possible here."""
+    export_dir = Path(str(_get(cfg, "serve.export_dir", models_dir / "export"))) / key
+    try:
+        from paperops.export_lm import ensure_lm_export
+
+        return ensure_lm_export(bundle, export_dir, cfg=_get(cfg, "export.lm"), threads=threads)
+    except (ImportError, RuntimeError, ValueError) as e:
+        if str(_get(cfg, "serve.generator.runtime", "auto")) != "auto":
+            raise ModelLoadError(f"cannot export {key} to ONNX for serving: {e}") from e
+        log.warning("serving %s with PyTorch: the ONNX export failed (%s)", key, e)
+        return bundle
+
+
+def _require_store(cfg: Any, name: str, ref: str) -> None:
+    """Fail fast, before importing mlflow, when the tracking store is a SQLite file that does
+    not exist: a classifier-only server must not pay seconds at start to find no LM."""
+    from paperops.tracking import SQLITE_PREFIX, tracking_uri
+
+    try:
+        uri = tracking_uri(cfg.logger)
+    except Exception:  # no logger config at all: let the registry say what is missing
+        return
+    if uri.startswith(SQLITE_PREFIX) and not Path(uri[len(SQLITE_PREFIX) :]).is_file():
+        raise ModelLoadError(
+            f"cannot load {name}@{ref}: no MLflow store at {uri} (train and register one with "
+            "`paperops train experiment=lm_mqp`, or pass --generator PATH)"
+        )
+
+
+def make_generator_loader(
+    cfg: Any, model: Path | None = None, ref: str | None = None
+) -> Callable[[], Any]:
+    """A no-argument loader of the generator the server was started with."""
+
+    def load() -> Any:
+        return resolve_generator(cfg, model=model, ref=ref)
+
+    return load

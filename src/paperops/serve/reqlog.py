@@ -89,6 +89,27 @@ feedback_table = sa.Table(
     sa.Index("ix_feedback_request_id_idx", "request_id", "idx"),
 )
 
+generations_table = sa.Table(
+    "generations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(200), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("route", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.String(200), nullable=False),
+    sa.Column("prompt", sa.Text, nullable=True),  # NULL when store_text is false
+    sa.Column("text", sa.Text, nullable=True),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("generated_tokens", sa.Integer, nullable=False),
+    sa.Column("finish_reason", sa.String(40), nullable=False),
+    sa.Column("ttft_ms", sa.Float, nullable=True),  # NULL when no token was generated
+    sa.Column("total_ms", sa.Float, nullable=False),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Index("ix_generations_ts", "ts"),
+    sa.Index("ix_generations_request_id", "request_id"),
+)
+
 
 @dataclass(frozen=True)
 class PaperLogRow:
@@ -135,7 +156,31 @@ class FeedbackRecord:
         return 1
 
 
-Record = RequestRecord | FeedbackRecord
+@dataclass(frozen=True)
+class GenerationRecord:
+    """One answered generation (/v1/generate, streamed or not, or /infer), cancelled ones
+    included (status 499: the client went away)."""
+
+    request_id: str
+    ts: float
+    route: str
+    model_version: str
+    prompt: str
+    text: str
+    prompt_tokens: int
+    generated_tokens: int
+    finish_reason: str
+    ttft_ms: float | None
+    total_ms: float
+    seed: int
+    status: int = 200
+
+    @property
+    def rows(self) -> int:
+        return 1
+
+
+Record = RequestRecord | FeedbackRecord | GenerationRecord
 
 
 class _SchemaNotReady(Exception):
@@ -312,6 +357,10 @@ class RequestLog:
         self._remember(record.request_id)
         return self._put(record)
 
+    def generation(self, record: GenerationRecord) -> bool:
+        """Queue a generation record; False when it was dropped (queue full or log closed)."""
+        return self._put(record)
+
     def feedback(self, fb: FeedbackRecord) -> bool:
         """Queue a feedback record; False when it was dropped (queue full or log closed)."""
         return self._put(fb)
@@ -475,7 +524,27 @@ class RequestLog:
         req_rows: list[dict[str, Any]] = []
         pred_rows: list[dict[str, Any]] = []
         fb_rows: list[dict[str, Any]] = []
+        gen_rows: list[dict[str, Any]] = []
         for rec in batch:
+            if isinstance(rec, GenerationRecord):
+                gen_rows.append(
+                    {
+                        "request_id": rec.request_id,
+                        "ts": float(rec.ts),
+                        "route": rec.route,
+                        "model_version": rec.model_version,
+                        "prompt": rec.prompt if self.store_text else None,
+                        "text": rec.text if self.store_text else None,
+                        "prompt_tokens": int(rec.prompt_tokens),
+                        "generated_tokens": int(rec.generated_tokens),
+                        "finish_reason": rec.finish_reason,
+                        "ttft_ms": None if rec.ttft_ms is None else float(rec.ttft_ms),
+                        "total_ms": float(rec.total_ms),
+                        "seed": int(rec.seed),
+                        "status": int(rec.status),
+                    }
+                )
+                continue
             if isinstance(rec, FeedbackRecord):
                 fb_rows.append(
                     {
@@ -522,6 +591,8 @@ class RequestLog:
                 conn.execute(predictions_table.insert(), pred_rows)
             if fb_rows:
                 conn.execute(feedback_table.insert(), fb_rows)
+            if gen_rows:
+                conn.execute(generations_table.insert(), gen_rows)
 
     def _fail(self, rows: int, error: BaseException) -> None:
         self._drop(rows)
@@ -620,3 +691,33 @@ def count_requests(url: str) -> int:
         if conn is None:
             return 0
         return int(conn.execute(sa.select(sa.func.count()).select_from(requests_table)).scalar())
+
+
+def read_generations(url: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """Logged generations, oldest first (with `limit`, the most recent `limit`)."""
+    g = generations_table
+    engine = make_engine(url)
+    try:
+        if engine.dialect.name == "sqlite":
+            path = _sqlite_path(engine.url)
+            if path is not None and not path.is_file():
+                raise FileNotFoundError(
+                    f"no request log at {path}: it is created by `paperops serve` "
+                    "(serve.request_log.url)"
+                )
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(g.name):
+                return []
+            stmt = sa.select(g)
+            if limit is not None:
+                stmt = stmt.order_by(g.c.ts.desc(), g.c.id.desc()).limit(int(limit))
+            else:
+                stmt = stmt.order_by(g.c.ts, g.c.id)
+            rows = [dict(r._mapping) for r in conn.execute(stmt)]
+    finally:
+        engine.dispose()
+    if limit is not None:
+        rows.reverse()
+    for r in rows:
+        r.pop("id", None)
+    return rows

@@ -102,6 +102,80 @@ class RequestLogSettings:
         return self.url is not None
 
 
+GENERATOR_RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """The language model behind /v1/generate and /infer (`paperops.serve.generate`).
+
+    `enabled`: "auto" serves the LM when one loads (none registered: the classifier still
+    serves and /v1/generate answers 503 with the reason); true makes a failed load fatal and
+    /readyz wait for it; false never loads one."""
+
+    enabled: bool | str = "auto"
+    model: str | None = None
+    ref: str = "champion"
+    registered_model: str = "paperops-generator"
+    runtime: str = "torch"
+    threads: int | None = None
+    max_new_tokens_cap: int = 256
+    default_max_new_tokens: int = 64
+    prompt_max_chars: int = 2000
+    time_budget_s: float = 30.0
+    max_batch_size: int = 8
+    queue_size: int = 64
+    retry_after_s: int = 1
+    temperature: float = 0.8
+    top_p: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.enabled not in (True, False, "auto"):
+            raise SettingsError(
+                f"serve.generator.enabled must be auto, true or false; got {self.enabled!r}"
+            )
+        if self.model is not None and not isinstance(self.model, str):
+            object.__setattr__(self, "model", str(self.model))
+        if self.model is not None and not self.model.strip():
+            object.__setattr__(self, "model", None)
+        for key in ("ref", "registered_model"):
+            value = getattr(self, key)
+            if not isinstance(value, str | int) or not str(value).strip():
+                raise SettingsError(f"serve.generator.{key} must be a non-empty string")
+            object.__setattr__(self, key, str(value))
+        if self.runtime not in GENERATOR_RUNTIMES:
+            raise SettingsError(
+                f"serve.generator.runtime must be one of {GENERATOR_RUNTIMES}; got {self.runtime!r}"
+            )
+        if self.threads is not None:
+            _int("generator.threads", self.threads, 1)
+        _int("generator.max_new_tokens_cap", self.max_new_tokens_cap, 1)
+        _int("generator.default_max_new_tokens", self.default_max_new_tokens, 1)
+        if self.default_max_new_tokens > self.max_new_tokens_cap:
+            raise SettingsError(
+                f"serve.generator.default_max_new_tokens ({self.default_max_new_tokens}) must "
+                f"be <= serve.generator.max_new_tokens_cap ({self.max_new_tokens_cap})"
+            )
+        _int("generator.prompt_max_chars", self.prompt_max_chars, 1)
+        _number("generator.time_budget_s", self.time_budget_s, 0.001)
+        _int("generator.max_batch_size", self.max_batch_size, 1)
+        _int("generator.queue_size", self.queue_size, 1)
+        _int("generator.retry_after_s", self.retry_after_s, 0)
+        _number("generator.temperature", self.temperature, 0.0)
+        if not 0 < self.temperature <= 5:
+            raise SettingsError(
+                f"serve.generator.temperature must be in (0, 5]; got {self.temperature}"
+            )
+        _number("generator.top_p", self.top_p, 0.0)
+        if not 0 < self.top_p <= 1:
+            raise SettingsError(f"serve.generator.top_p must be in (0, 1]; got {self.top_p}")
+
+    @property
+    def required(self) -> bool:
+        """A load failure is fatal (enabled: true)."""
+        return self.enabled is True
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     """Everything `create_app` needs; `from_config(cfg.serve)` builds it from Hydra."""
@@ -116,6 +190,7 @@ class ServeSettings:
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     limits: Limits = field(default_factory=Limits)
     request_log: RequestLogSettings = field(default_factory=RequestLogSettings)
+    generator: GeneratorSettings = field(default_factory=GeneratorSettings)
     admin_token_env: str = "PAPEROPS_ADMIN_TOKEN"  # noqa: S105 - a variable name
     cors_origins: tuple[str, ...] = ()
     benchmark_endpoints: bool = False
@@ -159,6 +234,7 @@ class ServeSettings:
             "batching": BatchingSettings,
             "limits": Limits,
             "request_log": RequestLogSettings,
+            "generator": GeneratorSettings,
         }
         kwargs: dict[str, Any] = {}
         known = {f.name for f in fields(cls)}

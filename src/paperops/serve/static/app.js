@@ -1,7 +1,9 @@
 /* paperops web page: plain JavaScript, no build step, no external resources (works offline).
  *
- * Talks to the same API as every other client: GET v1/model (name, version, limits),
- * POST v1/classify. URLs are relative so the page also works behind a path prefix.
+ * Talks to the same API as every other client: GET v1/model (name, version, limits, and the
+ * language model under `generator`), POST v1/classify, POST v1/generate?stream=true (server-sent
+ * events read from a fetch stream: EventSource cannot POST). URLs are relative so the page also
+ * works behind a path prefix. Model and user text only ever goes in through textContent.
  */
 (function () {
   "use strict";
@@ -67,6 +69,14 @@
       panel.setAttribute("role", "tabpanel");
       panel.setAttribute("aria-labelledby", tab.id);
       tab.addEventListener("click", function () { selectTab(panels, i); });
+      tab.addEventListener("keydown", function (e) {  // the WAI-ARIA tabs pattern
+        var next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: panels.length - 1 }[e.key];
+        if (next === undefined) return;
+        e.preventDefault();
+        next = (next + panels.length) % panels.length;
+        selectTab(panels, next);
+        $("tab-" + panels[next].id).focus();
+      });
       nav.appendChild(tab);
     });
     nav.hidden = false;
@@ -114,10 +124,13 @@
         });
         updateCounters();
         $("model-info").textContent = "Model: " + describeModel(m);
+        setGenerator(body && Object.prototype.hasOwnProperty.call(body, "generator")
+          ? body.generator : null, body);
       })
       .catch(function () {
         $("model-info").textContent = "Model details unavailable";
         $("model-info").classList.add("muted");
+        setGenerator(undefined, null);  // unknown: let the server answer a request
       });
   }
 
@@ -192,6 +205,19 @@
       return [detail.message || detail.msg || JSON.stringify(detail)];
     }
     return detail ? [String(detail)] : [];
+  }
+
+  /* The generate panel names the field and the rule: "temperature: Input should be greater
+   * than 0 (greater_than)". */
+  function ruleLines(detail) {
+    if (!Array.isArray(detail)) return detailLines(detail);
+    return detail.map(function (d) {
+      if (!d || typeof d !== "object") return String(d);
+      var name = fieldName(d.loc);
+      var msg = d.msg || d.message || JSON.stringify(d);
+      var rule = d.type ? " (" + d.type + ")" : "";
+      return (name ? name + ": " : "") + msg + rule;
+    });
   }
 
   function showHttpError(response, body) {
@@ -329,6 +355,408 @@
     $("title").focus();
   }
 
+  /* --- generate text ---------------------------------------------------------------------- */
+
+  var GEN_FIELDS = [  // [input id, API field, integer?]
+    ["gen-max-new-tokens", "max_new_tokens", true],
+    ["gen-temperature", "temperature", false],
+    ["gen-top-p", "top_p", false],
+    ["gen-top-k", "top_k", true],
+    ["gen-seed", "seed", true]
+  ];
+  var FINISH_MEANING = {
+    eos: "the model ended the text",
+    length: "reached max new tokens",
+    context: "reached the model's context length",
+    time_budget: "reached the server's time budget",
+    stopped: "stopped by you"
+  };
+  var gen = {
+    available: false,   // set from v1/model's `generator`
+    promptMaxChars: null,
+    controller: null,   // AbortController of the request in flight
+    textNode: null,
+    tokens: 0,
+    started: 0,
+    firstTokenAt: 0,
+    prompts: [],
+    corpus: null
+  };
+
+  function firstNumber(obj, keys) {
+    for (var i = 0; i < keys.length; i++) {
+      var v = obj && obj[keys[i]];
+      if (typeof v === "number" && isFinite(v)) return v;
+    }
+    return null;
+  }
+
+  /* `g`: v1/model's generator entry; null = no language model; undefined = unknown (v1/model
+   * failed: the Generate button stays usable and the server says what is wrong). */
+  function setGenerator(g, body) {
+    var info = $("gen-model-info");
+    if (g === null) {
+      gen.available = false;
+      $("gen-unavailable").hidden = false;
+      $("generate").disabled = true;
+      $("generate").title = "No language model is loaded";
+      info.textContent = "No language model is loaded.";
+      return;
+    }
+    gen.available = true;
+    $("gen-unavailable").hidden = true;
+    $("generate").disabled = false;
+    $("generate").removeAttribute("title");
+    if (!g || typeof g !== "object") {
+      info.textContent = "Language model details unavailable";
+      return;
+    }
+    var limitsIn = Object.assign({}, (body && body.limits) || {}, g.limits || {});
+    var cap = firstNumber(g, ["max_new_tokens_cap", "max_new_tokens", "cap"]) ||
+      firstNumber(limitsIn, ["max_new_tokens_cap", "max_new_tokens"]);
+    var context = firstNumber(g, ["context_length", "context"]);
+    var preset = firstNumber(g, ["default_max_new_tokens"]) ||
+      firstNumber(limitsIn, ["default_max_new_tokens"]);
+    gen.promptMaxChars = firstNumber(g, ["prompt_max_chars"]) ||
+      firstNumber(limitsIn, ["prompt_max_chars"]);
+    var input = $("gen-max-new-tokens");
+    if (cap && cap >= 1) {
+      input.max = String(cap);
+      $("gen-max-new-tokens-hint").textContent = "1 – " + cap.toLocaleString("en-US");
+      if (Number(input.value) > cap) input.value = String(cap);
+    }
+    if (preset && preset >= 1) input.value = String(cap ? Math.min(preset, cap) : preset);
+    $("gen-context-hint").textContent = context
+      ? "The model reads at most " + context.toLocaleString("en-US") +
+        " tokens: prompt and generated text together."
+      : "";
+    gen.corpus = g.corpus || null;
+    var parts = ["Language model: " + describeModel(g)];
+    if (context) parts.push("context " + context.toLocaleString("en-US") + " tokens");
+    if (g.corpus) parts.push("trained on " + g.corpus);
+    info.textContent = parts.join(" · ");
+    updatePromptCounter();
+    sortPrompts();
+  }
+
+  function updatePromptCounter() {
+    var n = $("gen-prompt").value.length;
+    var max = gen.promptMaxChars;
+    var counter = $("gen-prompt-count");
+    counter.textContent = n.toLocaleString("en-US") +
+      (max ? " / " + Number(max).toLocaleString("en-US") : " characters");
+    var over = !!max && n > max;
+    counter.classList.toggle("over", over);
+    $("gen-prompt").setAttribute("aria-invalid", over ? "true" : "false");
+  }
+
+  function loadPrompts() {
+    return fetch("static/prompts.json")
+      .then(function (r) {
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        return r.json();
+      })
+      .then(function (list) {
+        gen.prompts = Array.isArray(list) ? list : [];
+        sortPrompts();
+      })
+      .catch(function () { $("gen-example").disabled = true; });
+  }
+
+  /* Examples from the generator's corpus first (medical questions or arXiv abstracts). */
+  function sortPrompts() {
+    var select = $("gen-example");
+    while (select.options.length > 1) select.remove(1);
+    var order = gen.prompts.map(function (p, i) { return i; });
+    if (gen.corpus) {
+      order.sort(function (a, b) {
+        var ma = gen.prompts[a].corpus === gen.corpus ? 0 : 1;
+        var mb = gen.prompts[b].corpus === gen.corpus ? 0 : 1;
+        return ma - mb || a - b;
+      });
+    }
+    order.forEach(function (i) {
+      var opt = el("option", null, gen.prompts[i].label || gen.prompts[i].prompt);
+      opt.value = String(i);
+      select.appendChild(opt);
+    });
+  }
+
+  function pickPrompt() {
+    var value = $("gen-example").value;
+    var p = gen.prompts[Number(value)];
+    if (!p || value === "") return;
+    $("gen-prompt").value = p.prompt;
+    updatePromptCounter();
+    hideGenError();
+  }
+
+  function hideGenError() {
+    $("gen-error").hidden = true;
+    $("gen-error-list").textContent = "";
+    GEN_FIELDS.concat([["gen-prompt", "prompt"]]).forEach(function (f) {
+      $(f[0]).removeAttribute("aria-invalid");
+    });
+  }
+
+  function showGenError(title, lines, fields) {
+    $("gen-error-title").textContent = title;
+    var list = $("gen-error-list");
+    list.textContent = "";
+    (lines || []).forEach(function (line) { list.appendChild(el("li", null, line)); });
+    (fields || []).forEach(function (name) {
+      var match = GEN_FIELDS.concat([["gen-prompt", "prompt"]]).filter(function (f) {
+        return f[1] === name;
+      })[0];
+      if (match) $(match[0]).setAttribute("aria-invalid", "true");
+    });
+    $("gen-error").hidden = false;
+  }
+
+  function showGenHttpError(response, body) {
+    var meaning = STATUS_MEANING[response.status] || response.statusText || "Error";
+    var detail = body && (body.detail !== undefined ? body.detail : body.error);
+    var lines = ruleLines(detail);
+    if (!lines.length && body && (body.error || body.message)) {
+      lines = [String(body.error || body.message)];
+    }
+    var fields = Array.isArray(detail)
+      ? detail.map(function (d) { return d && fieldName(d.loc); }) : [];
+    var retry = response.headers.get("Retry-After");
+    if (retry) lines.push("Retry after " + retry + " s.");
+    showGenError(meaning + " (HTTP " + response.status + ")", lines, fields);
+    $("gen-result").hidden = true;
+  }
+
+  /* The request body from the inputs; blank inputs are left out (the server's defaults). */
+  function generatePayload() {
+    var payload = { prompt: $("gen-prompt").value };
+    var problems = [];
+    GEN_FIELDS.forEach(function (f) {
+      var input = $(f[0]);
+      if (input.validity && input.validity.badInput) {
+        problems.push(f[1]);
+        return;
+      }
+      if (input.value.trim() === "") return;
+      var v = Number(input.value);
+      payload[f[1]] = v;
+    });
+    return { payload: payload, problems: problems };
+  }
+
+  function setGenBusy(on) {
+    $("generate").disabled = on || !gen.available;
+    $("generate").setAttribute("aria-busy", on ? "true" : "false");
+    $("stop").disabled = !on;
+    $("gen-busy").textContent = on ? "Generating…" : "";
+    $("gen-output").setAttribute("aria-busy", on ? "true" : "false");
+    $("gen-output").classList.toggle("streaming", on);
+  }
+
+  function fmt(n, digits) {
+    var v = Number(n);
+    return isFinite(v) ? v.toLocaleString("en-US", {
+      minimumFractionDigits: digits, maximumFractionDigits: digits
+    }) : "–";
+  }
+
+  function renderGenMeta(m) {
+    $("gen-finish").textContent = m.finish_reason +
+      (FINISH_MEANING[m.finish_reason] ? " (" + FINISH_MEANING[m.finish_reason] + ")" : "");
+    $("gen-finish").setAttribute("data-reason", m.finish_reason);
+    var t = m.tokens || {};
+    $("gen-tokens").textContent = fmt(t.generated, 0) + " generated" +
+      (t.prompt !== undefined ? " · " + fmt(t.prompt, 0) + " in the prompt" : "");
+    $("gen-tokens").setAttribute("data-generated", String(t.generated));
+    var timing = m.timing || {};
+    $("gen-ttft").textContent = timing.ttft_ms !== undefined ? fmt(timing.ttft_ms, 0) + " ms" : "–";
+    $("gen-rate").textContent = timing.tokens_per_s !== undefined
+      ? fmt(timing.tokens_per_s, 1) + " tokens/s" : "–";
+    var seed = m.seed === undefined || m.seed === null ? "" : String(m.seed);
+    $("gen-seed-used").textContent = seed || "–";
+    $("gen-reuse-seed").hidden = !seed;
+    $("gen-model").textContent = m.model ? describeModel(m.model) +
+      (m.id ? " · request " + m.id : "") : "–";
+    $("gen-meta").hidden = false;
+  }
+
+  /* One SSE frame ("event: x\ndata: {...}") -> {event, data}; comments and ids are ignored. */
+  function parseFrame(frame) {
+    var event = "message";
+    var data = [];
+    frame.split(/\r\n|\r|\n/).forEach(function (line) {
+      if (!line || line.charAt(0) === ":") return;
+      var colon = line.indexOf(":");
+      var key = colon < 0 ? line : line.slice(0, colon);
+      var value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (key === "event") event = value;
+      else if (key === "data") data.push(value);
+    });
+    return data.length ? { event: event, data: data.join("\n") } : null;
+  }
+
+  function onGenEvent(ev) {
+    var body;
+    try { body = JSON.parse(ev.data); } catch (e) { body = { detail: ev.data }; }
+    if (ev.event === "token") {
+      if (!gen.tokens) gen.firstTokenAt = performance.now();
+      gen.tokens += 1;
+      if (body && typeof body.text === "string" && body.text) gen.textNode.appendData(body.text);
+      $("gen-busy").textContent = "Generating… " + gen.tokens + " tokens";
+      return "token";
+    }
+    if (ev.event === "done") {
+      if (body && typeof body.text === "string") gen.textNode.data = body.text;  // authoritative
+      renderGenMeta(body || {});
+      return "done";
+    }
+    if (ev.event === "error") {
+      showGenError("Generation failed", ruleLines(body && body.detail !== undefined
+        ? body.detail : body));
+      return "error";
+    }
+    return "other";
+  }
+
+  function readStream(response) {
+    var reader = response.body.getReader();
+    var decoder = new TextDecoder("utf-8");
+    var buffer = "";
+    var finished = false;
+    function pump() {
+      return reader.read().then(function (chunk) {
+        if (chunk.done) {
+          buffer += decoder.decode();
+          if (buffer.trim()) {
+            var last = parseFrame(buffer);
+            if (last && onGenEvent(last) !== "token") finished = true;
+          }
+          if (!finished) {
+            showGenError("The stream ended early", [
+              "The server closed the connection before the generation finished.",
+              "The text above is what arrived."
+            ]);
+          }
+          return;
+        }
+        buffer += decoder.decode(chunk.value, { stream: true });
+        var frames = buffer.split(/\r\n\r\n|\n\n|\r\r/);
+        buffer = frames.pop();
+        frames.forEach(function (frame) {
+          var ev = parseFrame(frame);
+          if (!ev) return;
+          var kind = onGenEvent(ev);
+          if (kind === "done" || kind === "error") finished = true;
+        });
+        return pump();
+      });
+    }
+    return pump();
+  }
+
+  function startGenerate(event) {
+    if (event) event.preventDefault();
+    if (gen.controller || !gen.available) return;
+    hideGenError();
+    var built = generatePayload();
+    if (built.problems.length) {
+      showGenError("Invalid input", built.problems.map(function (f) {
+        return f + ": not a number (number_parsing)";
+      }), built.problems);
+      return;
+    }
+    gen.controller = new AbortController();
+    gen.tokens = 0;
+    gen.started = performance.now();
+    gen.firstTokenAt = 0;
+    $("gen-echo").textContent = built.payload.prompt;
+    $("gen-text").textContent = "";
+    gen.textNode = document.createTextNode("");
+    $("gen-text").appendChild(gen.textNode);
+    $("gen-meta").hidden = true;
+    setGenBusy(true);
+    var controller = gen.controller;
+    fetch("v1/generate?stream=true", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      body: JSON.stringify(built.payload),
+      signal: controller.signal
+    })
+      .then(function (response) {
+        var type = response.headers.get("Content-Type") || "";
+        if (!response.ok || type.indexOf("text/event-stream") < 0) {
+          return response.text().then(function (text) {
+            var body = null;
+            try { body = text ? JSON.parse(text) : null; } catch (e) { body = text ? { detail: text } : null; }
+            if (!response.ok) {
+              showGenHttpError(response, body);
+            } else if (body && typeof body.text === "string") {  // a server without streaming
+              gen.textNode.data = body.text;
+              $("gen-result").hidden = false;
+              renderGenMeta(body);
+            } else {
+              showGenError("Unexpected answer from the server", ["The response had no text."]);
+            }
+          });
+        }
+        $("gen-result").hidden = false;
+        return readStream(response);
+      })
+      .catch(function (err) {
+        if (controller.signal.aborted) {  // Stop: the server sees the disconnect and stops too
+          var elapsed = (performance.now() - gen.started) / 1000;
+          var gotSeed = $("gen-seed").value.trim();
+          renderGenMeta({
+            finish_reason: "stopped",
+            tokens: { generated: gen.tokens },
+            timing: {
+              ttft_ms: gen.firstTokenAt ? gen.firstTokenAt - gen.started : undefined,
+              tokens_per_s: elapsed > 0 ? gen.tokens / elapsed : undefined
+            },
+            seed: gotSeed === "" ? null : Number(gotSeed)
+          });
+          $("gen-result").hidden = false;
+          return;
+        }
+        showGenError("Could not reach the server", [
+          String((err && err.message) || err),
+          "Check that `paperops serve` is running and try again."
+        ]);
+      })
+      .then(function () {
+        gen.controller = null;
+        setGenBusy(false);
+      });
+  }
+
+  function stopGenerate() {
+    if (gen.controller) gen.controller.abort();
+  }
+
+  function reuseSeed() {
+    var seed = $("gen-seed-used").textContent;
+    if (/^-?\d+$/.test(seed)) {
+      $("gen-seed").value = seed;
+      $("gen-seed").focus();
+    }
+  }
+
+  function initGenerate() {
+    if (!$("generate-form")) return;
+    $("generate").disabled = true;  // until v1/model says whether a language model is loaded
+    updatePromptCounter();
+    $("gen-prompt").addEventListener("input", updatePromptCounter);
+    $("gen-example").addEventListener("change", pickPrompt);
+    $("generate-form").addEventListener("submit", startGenerate);
+    $("stop").addEventListener("click", stopGenerate);
+    $("gen-reuse-seed").addEventListener("click", reuseSeed);
+    $("generate-form").addEventListener("keydown", function (e) {
+      if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) startGenerate(e);
+    });
+    loadPrompts();
+  }
+
   function init() {
     setupTabs();
     updateCounters();
@@ -340,6 +768,7 @@
     $("classify-form").addEventListener("keydown", function (e) {
       if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) classify(e);
     });
+    initGenerate();
     loadModel();
     loadExamples();
   }
