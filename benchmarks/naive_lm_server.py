@@ -23,6 +23,7 @@ class Infer(BaseModel):
     temperature: float = 0.8
     top_p: float = 0.95
     seed: int = 0
+    ignore_eos: bool = False
 
 
 def build_app(model_dir: str, threads: int) -> FastAPI:
@@ -42,11 +43,12 @@ def build_app(model_dir: str, threads: int) -> FastAPI:
                 temperature=body.temperature,
                 top_p=body.top_p,
                 max_new_tokens=body.max_new_tokens,
+                min_new_tokens=body.max_new_tokens if body.ignore_eos else None,
                 use_cache=False,
                 pad_token_id=lm.eos_token_id,
             )
         new = out[0, ids.shape[1] :].tolist()
-        if lm.eos_token_id in new:
+        if lm.eos_token_id in new and not body.ignore_eos:
             new = new[: new.index(lm.eos_token_id)]
         return {"text": lm.decode(new), "tokens": {"generated": len(new)}}
 

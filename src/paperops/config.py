@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
@@ -57,3 +58,13 @@ def dataclass_from_mapping(cls: type, values: Mapping[str, object] | None, where
     if unknown:
         raise ValueError(f"unknown {where} keys {unknown}; known: {sorted(known)}")
     return cls(**values)
+
+
+def cfg_get(cfg: Any, dotted: str, default: Any = None) -> Any:
+    """`cfg.a.b.c` or `default` when any part is missing (works on dicts and DictConfigs)."""
+    node = cfg
+    for key in dotted.split("."):
+        if node is None:
+            return default
+        node = node.get(key) if hasattr(node, "get") else getattr(node, key, None)
+    return default if node is None else node

@@ -38,6 +38,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
+    ignore_eos: bool = False  # run to max_new_tokens (benchmarks: a fixed amount of work)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -182,7 +183,7 @@ def generate(
     )
     for i in range(limit):
         token = sampler.next_token(logits[0])
-        if token == backend.eos_token_id:
+        if token == backend.eos_token_id and not params.ignore_eos:
             return
         yield token
         if i == limit - 1 or (should_stop is not None and should_stop()):

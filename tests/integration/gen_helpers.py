@@ -48,6 +48,7 @@ class Steered:
         if not gated:
             self.gate.set()
         self.entered = threading.Event()
+        self.batch_sizes: list[int] = []
 
     def forward(
         self, input_ids: Any, attention_mask: Any, position_ids: Any, past: Past | None
@@ -57,6 +58,7 @@ class Steered:
             raise TimeoutError("test gate never opened")
         if self.delay:
             time.sleep(self.delay)
+        self.batch_sizes.append(int(input_ids.shape[0]))
         logits, new_past = self.inner.forward(input_ids, attention_mask, position_ids, past)
         logits = logits.clone()
         logits[:, self.eos_token_id] = float("-inf")

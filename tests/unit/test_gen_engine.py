@@ -7,7 +7,6 @@ cancellation and queue tests need. No timing is asserted.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,47 +14,16 @@ from typing import Any
 import pytest
 import torch
 
-from paperops.generation import Past, SamplingParams, TorchDecoder, generate
+from paperops.generation import SamplingParams, TorchDecoder, generate
 from paperops.models.lm import load_lm, make_tiny_lm
 from paperops.serve.gen_engine import EngineClosed, GenerationEngine, QueueFull
+from tests.integration.gen_helpers import Steered
 
 TEXTS = [
     f"the patient has had a fever of {i % 5 + 37} degrees and a cough for {i % 9} days"
     for i in range(60)
 ] + [f"what is the best treatment for {w} pain" for w in ("back", "knee", "neck", "tooth")] * 10
 PROMPTS = ["the patient", "what is the best treatment for", "a cough", "fever of 38 degrees and"]
-
-
-class Steered:
-    """A real decoder with eos forbidden, an optional delay per step and an optional gate."""
-
-    def __init__(self, inner: TorchDecoder, *, delay: float = 0.0, gated: bool = False) -> None:
-        self.inner = inner
-        self.kind = inner.kind
-        self.eos_token_id = inner.eos_token_id
-        self.context_length = inner.context_length
-        self.vocab_size = inner.vocab_size
-        self.n_layer, self.n_head, self.head_dim = inner.n_layer, inner.n_head, inner.head_dim
-        self.delay = delay
-        self.gate = threading.Event()
-        if not gated:
-            self.gate.set()
-        self.entered = threading.Event()
-        self.batch_sizes: list[int] = []
-
-    def forward(
-        self, input_ids: Any, attention_mask: Any, position_ids: Any, past: Past | None
-    ) -> tuple[torch.Tensor, Past]:
-        self.entered.set()
-        if not self.gate.wait(30):
-            raise TimeoutError("test gate never opened")
-        if self.delay:
-            time.sleep(self.delay)
-        self.batch_sizes.append(int(input_ids.shape[0]))
-        logits, new_past = self.inner.forward(input_ids, attention_mask, position_ids, past)
-        logits = logits.clone()
-        logits[:, self.eos_token_id] = float("-inf")
-        return logits, new_past
 
 
 @pytest.fixture(scope="module")

@@ -266,3 +266,11 @@ def test_top_p_and_top_k_restrict_the_support() -> None:
     picks = {Sampler(SamplingParams(1, top_k=2, seed=s)).next_token(logits) for s in range(60)}
     assert picks == {0, 1}
     assert Sampler(SamplingParams(1, seed=None)).seed >= 0  # a random seed is reported
+
+
+def test_ignore_eos_runs_to_max_new_tokens(tiny: CausalLM) -> None:
+    be = TorchDecoder(tiny)
+    prompt = tiny.prompt_ids("What")
+    for seed in range(5):
+        params = SamplingParams(max_new_tokens=24, seed=seed, ignore_eos=True)
+        assert len(list(generate(be, prompt, params))) == 24

@@ -17,6 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
+from paperops.config import cfg_get
+
 DEFAULT_REGISTERED = "paperops-generator"
 DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_TEMPERATURE = 0.8  # the API's defaults (common.md, "The generation API")
@@ -46,20 +48,11 @@ class GenerationResult:
         return self.generated_tokens / self.total_s if self.total_s > 0 else 0.0
 
 
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for key in dotted.split("."):
-        if node is None:
-            return default
-        node = node.get(key) if hasattr(node, "get") else getattr(node, key, None)
-    return default if node is None else node
-
-
 def _or(given: Any, section: Any, key: str, fallback: Any) -> Any:
     """The option if given, else the config's `serve.generator.<key>`, else `fallback`."""
     if given is not None:
         return given
-    return _get(section, key, fallback)
+    return cfg_get(section, key, fallback)
 
 
 def text_pieces(decode: Any, tokens: Iterable[int]) -> Iterator[tuple[int, str]]:
@@ -142,21 +135,21 @@ def resolve_lm(cfg: Any, model: Path | None, ref: str | None) -> tuple[Any, str]
     from paperops.models.base import ModelLoadError
     from paperops.models.lm import load_lm
 
-    if model is None and ref is None and _get(cfg, "serve.generator.model"):
-        model = Path(str(_get(cfg, "serve.generator.model")))
+    if model is None and ref is None and cfg_get(cfg, "serve.generator.model"):
+        model = Path(str(cfg_get(cfg, "serve.generator.model")))
     if model is not None:
         if not Path(model).is_dir():
             raise ModelLoadError(f"--model {model} is not a directory; pass an LM bundle")
         return load_lm(Path(model)), str(model)
-    name = str(_get(cfg, "serve.generator.registered_model", DEFAULT_REGISTERED))
-    ref = str(ref or _get(cfg, "serve.generator.ref", "champion"))
+    name = str(cfg_get(cfg, "serve.generator.registered_model", DEFAULT_REGISTERED))
+    ref = str(ref or cfg_get(cfg, "serve.generator.ref", "champion"))
     try:
         from paperops import registry
     except ImportError as e:  # a serve-only install has no mlflow
         raise ModelLoadError(
             f"a registered model needs the train extra ({e}); pass --model DIR instead"
         ) from e
-    models_dir = Path(str(_get(cfg, "paths.models", "models")))
+    models_dir = Path(str(cfg_get(cfg, "paths.models", "models")))
     try:
         bundle = registry.download_bundle(
             cfg.logger, ref, models_dir / "registry" / name, name=name
@@ -165,7 +158,7 @@ def resolve_lm(cfg: Any, model: Path | None, ref: str | None) -> tuple[Any, str]
         raise ModelLoadError(f"{e} (or pass --model DIR to use an LM bundle)") from e
     except Exception as e:  # mlflow's own errors: no store, unreachable server
         raise ModelLoadError(
-            f"cannot read {name}@{ref} from {_get(cfg, 'logger.tracking_uri')}: {e}; train and "
+            f"cannot read {name}@{ref} from {cfg_get(cfg, 'logger.tracking_uri')}: {e}; train and "
             "register a language model first, or pass --model DIR"
         ) from e
     return load_lm(bundle), f"{name}@{ref}"
@@ -231,7 +224,7 @@ def register(app: typer.Typer) -> None:
         if not prompt.strip():
             raise _fail("PROMPT is empty: give the text to continue, e.g. 'Title: '")
         cfg = _config(overrides)
-        defaults = _get(cfg, "serve.generator", {})
+        defaults = cfg_get(cfg, "serve.generator", {})
         try:
             params = SamplingParams(
                 max_new_tokens=_or(
@@ -244,7 +237,7 @@ def register(app: typer.Typer) -> None:
             )
         except ValueError as e:
             raise _fail(option_error(str(e))) from None
-        threads = _get(cfg, "serve.generator.threads") or _get(cfg, "serve.threads")
+        threads = cfg_get(cfg, "serve.generator.threads") or cfg_get(cfg, "serve.threads")
         if threads:
             import torch
 

@@ -397,7 +397,7 @@ class GenerationEngine:
                 log.exception("sampling failed for generation %d", req.id)
                 self._finish(req, "error", pending, error=f"{type(e).__name__}: {e}")
                 continue
-            if token == self.backend.eos_token_id:
+            if token == self.backend.eos_token_id and not req.params.ignore_eos:
                 self._finish(req, "eos", pending)
                 continue
             if req.first_token_at is None:

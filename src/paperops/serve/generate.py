@@ -437,6 +437,11 @@ def make_generation_schemas(g: GeneratorSettings) -> GenerationSchemas:
             description="Random seed: the same request with the same seed gives the same text. "
             "Null = a fresh one (returned in the response).",
         )
+        ignore_eos: bool = Field(
+            default=False,
+            description="Keep generating past end-of-text up to max_new_tokens (a fixed amount "
+            "of work per request, for benchmarks).",
+        )
 
     class InferRequest(BaseModel):
         model_config = ConfigDict(
@@ -642,6 +647,7 @@ def make_generation_router(settings: GeneratorSettings) -> APIRouter:
             top_p=top_p,
             top_k=top_k,
             seed=body.seed,  # type: ignore[attr-defined]
+            ignore_eos=body.ignore_eos,  # type: ignore[attr-defined]
         )
         request_id = new_request_id()
         ctx = {"request_id": request_id, "route": "/v1/generate", "prompt": prompt, "gen": gen}

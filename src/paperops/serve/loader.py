@@ -13,21 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from paperops.config import cfg_get
 from paperops.models.base import ModelLoadError, read_meta
 from paperops.serve.runtime import NEURAL_FAMILIES, Predictor, load_predictor
 
 log = logging.getLogger(__name__)
 
 FIX = "train and register a model first (`paperops train`), or pass --model PATH to serve a bundle"
-
-
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for key in dotted.split("."):
-        if node is None:
-            return default
-        node = node.get(key) if hasattr(node, "get") else getattr(node, key, None)
-    return default if node is None else node
 
 
 def resolve_predictor(
@@ -44,11 +36,11 @@ def resolve_predictor(
     Raises ModelLoadError with the fix for anything that stops a model from loading: no store,
     no registered model, no champion, an unknown version, a broken bundle.
     """
-    runtime = runtime or str(_get(cfg, "serve.runtime", "auto"))
-    threads = threads if threads is not None else _get(cfg, "serve.threads")
+    runtime = runtime or str(cfg_get(cfg, "serve.runtime", "auto"))
+    threads = threads if threads is not None else cfg_get(cfg, "serve.threads")
     threads = None if threads is None else int(threads)
-    if model is None and ref is None and _get(cfg, "serve.model"):
-        model = Path(str(_get(cfg, "serve.model")))
+    if model is None and ref is None and cfg_get(cfg, "serve.model"):
+        model = Path(str(cfg_get(cfg, "serve.model")))
     if model is not None:
         model = Path(model)
         if not model.exists():
@@ -56,7 +48,7 @@ def resolve_predictor(
                 f"--model {model} does not exist; pass a bundle or export directory"
             )
         return load_predictor(model, runtime=runtime, threads=threads)
-    return _from_registry(cfg, str(ref or _get(cfg, "serve.ref", "champion")), runtime, threads)
+    return _from_registry(cfg, str(ref or cfg_get(cfg, "serve.ref", "champion")), runtime, threads)
 
 
 def _from_registry(cfg: Any, ref: str, runtime: str, threads: int | None) -> Predictor:
@@ -71,7 +63,7 @@ def _from_registry(cfg: Any, ref: str, runtime: str, threads: int | None) -> Pre
         ) from e
     logger_cfg = cfg.logger
     name = registry.model_name(logger_cfg)
-    models_dir = Path(str(_get(cfg, "paths.models", "models")))
+    models_dir = Path(str(cfg_get(cfg, "paths.models", "models")))
     try:
         info = registry.show(logger_cfg, ref)
         version = str(info["version"])
@@ -82,7 +74,7 @@ def _from_registry(cfg: Any, ref: str, runtime: str, threads: int | None) -> Pre
         raise ModelLoadError(f"{e} (or pass --model PATH to serve a bundle)") from e
     except (MlflowException, OSError) as e:
         raise ModelLoadError(
-            f"cannot read {name}@{ref} from {_get(cfg, 'logger.tracking_uri')}: {e}; {FIX}"
+            f"cannot read {name}@{ref} from {cfg_get(cfg, 'logger.tracking_uri')}: {e}; {FIX}"
         ) from e
     is_alias = not ref.lstrip("vV").isdigit()
     source = f"models:/{name}@{ref}" if is_alias else f"models:/{name}/{version}"
@@ -106,10 +98,10 @@ def _exported(cfg: Any, bundle: Path, name: str, version: str, threads: int | No
             f"cannot export {name} v{version} to ONNX ({e}); serve it through PyTorch with "
             "serve.runtime=torch, or install the serve extra"
         ) from e
-    export_dir = Path(str(_get(cfg, "serve.export_dir", "models/export"))) / f"{name}-v{version}"
+    export_dir = Path(str(cfg_get(cfg, "serve.export_dir", "models/export"))) / f"{name}-v{version}"
     try:
         return Path(
-            ensure_export(bundle, export_dir, cfg_export=_get(cfg, "export"), threads=threads)
+            ensure_export(bundle, export_dir, cfg_export=cfg_get(cfg, "export"), threads=threads)
         )
     except ModelLoadError:
         raise
@@ -146,13 +138,13 @@ def resolve_generator(cfg: Any, model: Path | None = None, ref: str | None = Non
     Raises ModelLoadError with the fix when none can be loaded."""
     from paperops.serve.generate import load_generator
 
-    runtime = str(_get(cfg, "serve.generator.runtime", "torch"))
-    threads = _get(cfg, "serve.generator.threads")
+    runtime = str(cfg_get(cfg, "serve.generator.runtime", "torch"))
+    threads = cfg_get(cfg, "serve.generator.threads")
     if threads is None:
-        threads = _get(cfg, "serve.threads")
+        threads = cfg_get(cfg, "serve.threads")
     threads = None if threads is None else int(threads)
-    if model is None and ref is None and _get(cfg, "serve.generator.model"):
-        model = Path(str(_get(cfg, "serve.generator.model")))
+    if model is None and ref is None and cfg_get(cfg, "serve.generator.model"):
+        model = Path(str(cfg_get(cfg, "serve.generator.model")))
     if model is not None:
         model = Path(model)
         if not model.exists():
@@ -160,8 +152,8 @@ def resolve_generator(cfg: Any, model: Path | None = None, ref: str | None = Non
                 f"--generator {model} does not exist; pass an LM bundle or LM export directory"
             )
         return load_generator(model, runtime=runtime, threads=threads)
-    ref = str(ref or _get(cfg, "serve.generator.ref", "champion"))
-    name = str(_get(cfg, "serve.generator.registered_model", "paperops-generator"))
+    ref = str(ref or cfg_get(cfg, "serve.generator.ref", "champion"))
+    name = str(cfg_get(cfg, "serve.generator.registered_model", "paperops-generator"))
     _require_store(cfg, name, ref)
     try:
         from mlflow.exceptions import MlflowException
@@ -172,7 +164,7 @@ def resolve_generator(cfg: Any, model: Path | None = None, ref: str | None = Non
             f"loading a registered language model needs the train extra ({e}); "
             "pass --generator PATH to serve an LM bundle"
         ) from e
-    models_dir = Path(str(_get(cfg, "paths.models", "models")))
+    models_dir = Path(str(cfg_get(cfg, "paths.models", "models")))
     try:
         info = registry.show(cfg.logger, ref, name=name)
         version = str(info["version"])
@@ -186,7 +178,7 @@ def resolve_generator(cfg: Any, model: Path | None = None, ref: str | None = Non
         ) from e
     except (MlflowException, OSError) as e:
         raise ModelLoadError(
-            f"cannot read {name}@{ref} from {_get(cfg, 'logger.tracking_uri')}: {e}; "
+            f"cannot read {name}@{ref} from {cfg_get(cfg, 'logger.tracking_uri')}: {e}; "
             "pass --generator PATH to serve an LM bundle"
         ) from e
     is_alias = not ref.lstrip("vV").isdigit()
@@ -203,13 +195,13 @@ def resolve_generator(cfg: Any, model: Path | None = None, ref: str | None = Non
 def _lm_export(cfg: Any, bundle: Path, models_dir: Path, key: str, threads: int | None) -> Path:
     """The ONNX export of a registered LM (made on first serve, reused while the bundle is the
     same); the bundle itself, served by PyTorch, when exporting is not possible here."""
-    export_dir = Path(str(_get(cfg, "serve.export_dir", models_dir / "export"))) / key
+    export_dir = Path(str(cfg_get(cfg, "serve.export_dir", models_dir / "export"))) / key
     try:
         from paperops.export_lm import ensure_lm_export
 
-        return ensure_lm_export(bundle, export_dir, cfg=_get(cfg, "export.lm"), threads=threads)
+        return ensure_lm_export(bundle, export_dir, cfg=cfg_get(cfg, "export.lm"), threads=threads)
     except (ImportError, RuntimeError, ValueError) as e:
-        if str(_get(cfg, "serve.generator.runtime", "auto")) != "auto":
+        if str(cfg_get(cfg, "serve.generator.runtime", "auto")) != "auto":
             raise ModelLoadError(f"cannot export {key} to ONNX for serving: {e}") from e
         log.warning("serving %s with PyTorch: the ONNX export failed (%s)", key, e)
         return bundle

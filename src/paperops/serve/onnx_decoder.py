@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from paperops.models.base import ModelLoadError
-from paperops.serve.onnx_runtime import EXPORT_FILE, session_options
+from paperops.serve.onnx_runtime import EXPORT_FILE, open_session
 
 LM_INPUTS = ("input_ids", "attention_mask", "position_ids")
 LOGITS = "logits"
@@ -99,7 +99,6 @@ class OnnxDecoder:
         Runs a one-token prefill and one decode step before returning, so a broken or
         mismatched graph fails here (ModelLoadError), not on the first request.
         """
-        import onnxruntime as ort
 
         export_dir = Path(export_dir)
         meta = read_lm_export_meta(export_dir)
@@ -122,15 +121,7 @@ class OnnxDecoder:
                 tokenizer = Tokenizer.from_file(str(tok_path))
             except Exception as e:  # the Rust side raises plain Exception on a bad file
                 raise ModelLoadError(f"{tok_path} is corrupt ({e}); {_hint(export_dir)}") from e
-        try:
-            session = ort.InferenceSession(
-                str(model_path), session_options(threads), providers=["CPUExecutionProvider"]
-            )
-        except Exception as e:  # onnxruntime raises its own (pybind) exception types
-            raise ModelLoadError(
-                f"{model_path} cannot be loaded by ONNX Runtime ({type(e).__name__}: "
-                f"{str(e).strip()[:300]}); {_hint(export_dir)}"
-            ) from e
+        session = open_session(model_path, threads, _hint(export_dir))
         dec = cls(session, meta, int8=int8, tokenizer=tokenizer, export_dir=export_dir)
         inputs = sorted(i.name for i in session.get_inputs())
         outputs = sorted(o.name for o in session.get_outputs())

@@ -35,6 +35,21 @@ DEFAULT_THREADS = 2  # the free cores of the serving machine (STACK.md)
 DEFAULT_SUB_BATCH = 8
 
 
+def open_session(model_path: Path, threads: int | None, hint: str) -> Any:
+    """A CPU InferenceSession, or a ModelLoadError naming the file, the cause and `hint`."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(
+            str(model_path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+    except Exception as e:  # onnxruntime raises its own (pybind) exception types
+        raise ModelLoadError(
+            f"{model_path} cannot be loaded by ONNX Runtime ({type(e).__name__}: "
+            f"{str(e).strip()[:300]}); {hint}"
+        ) from e
+
+
 def _reexport_hint(export_dir: Path) -> str:
     return f"re-export it: `paperops export --model <bundle> --output {export_dir}`"
 
@@ -107,7 +122,6 @@ class OnnxRuntime:
         Runs one short text through the model before returning, so a broken graph or one whose
         output does not match the label map fails here, not on the first request.
         """
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         export_dir = Path(export_dir)
@@ -156,15 +170,7 @@ class OnnxRuntime:
             strategy="longest_first",
             direction=str(meta.get("truncation_side", "right")),
         )
-        try:
-            session = ort.InferenceSession(
-                str(model_path), session_options(threads), providers=["CPUExecutionProvider"]
-            )
-        except Exception as e:  # onnxruntime raises its own (pybind) exception types
-            raise ModelLoadError(
-                f"{model_path} cannot be loaded by ONNX Runtime ({type(e).__name__}: "
-                f"{str(e).strip()[:300]}); {_reexport_hint(export_dir)}"
-            ) from e
+        session = open_session(model_path, threads, _reexport_hint(export_dir))
         inputs = sorted(i.name for i in session.get_inputs())
         outputs = [o.name for o in session.get_outputs()]
         if inputs != sorted(INPUT_NAMES) or OUTPUT_NAME not in outputs:
