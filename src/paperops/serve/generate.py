@@ -116,6 +116,8 @@ def load_generator(
         backend: Any = OnnxDecoder.load(path, int8=runtime == "onnx-int8", threads=threads)
         prompt_ids, decode = backend.prompt_ids, backend.decode
         meta: dict[str, Any] = json.loads((path / "export.json").read_text())
+        if (path / "model.json").is_file():  # the bundle's own facts (corpus) travel with it
+            meta = {**read_meta(path), **meta}
     elif runtime == "torch":
         if is_export:
             raise ModelLoadError(
