@@ -60,6 +60,13 @@ def project(tmp_path: Path) -> Path:
                 )
                 + "\n"
             )
+    mqp = tmp_path / "shared" / "data" / "medical_questions_pairs" / "mqp.csv"
+    mqp.parent.mkdir(parents=True)
+    with mqp.open("w") as f:  # header-less, like the real file
+        for i in range(80):
+            q1 = f"What should I take for symptom {i} after {i % 5 + 1} days?"
+            f.write(f'{i % 4 + 1},"{q1}","Which medicine helps symptom {i}?",1\n')
+            f.write(f'{i % 4 + 1},"{q1}","Is symptom {i} contagious at work?",0\n')
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in ("dvc.yaml", "configs", "src", ".dvc/config", ".dvcignore"):
@@ -71,6 +78,16 @@ def project(tmp_path: Path) -> Path:
     cfg["min_count"] = 20
     cfg["validation"]["min_rows_total"] = 100
     params.write_text(yaml.safe_dump(cfg))
+    corpus = repo / "configs" / "corpus" / "mqp.yaml"
+    ccfg = yaml.safe_load(corpus.read_text())
+    ccfg["min_rows"] = {"train": 20, "val": 2, "test": 2}
+    corpus.write_text(yaml.safe_dump(ccfg))
+    demo_lm = repo / "configs" / "experiment" / "demo_lm.yaml"  # the LM, shrunk to seconds
+    lcfg = yaml.safe_load(demo_lm.read_text())
+    lcfg["model"] = {"vocab_size": 300, "min_frequency": 1, "n_layer": 1, "n_embd": 32,
+                     "n_head": 2, "context_length": 32, "sample_max_new_tokens": 8}  # fmt: skip
+    lcfg["trainer"] = {"max_epochs": 2, "enable_progress_bar": False}
+    demo_lm.write_text("# @package _global_\n" + yaml.safe_dump(lcfg))
     _run(["git", "init", "-q"], repo)
     return repo
 
@@ -113,9 +130,14 @@ def test_validation_failure_stops_the_pipeline(project: Path) -> None:
 
 
 def test_whole_pipeline_trains_evaluates_registers_then_skips(project: Path) -> None:
-    """prepare -> validate -> train/evaluate tfidf and the demo embedding head (real MiniLM)."""
+    """prepare -> validate -> train/evaluate tfidf and the demo embedding head (real MiniLM)
+    -> export; the LM: corpus -> train -> evaluate -> ONNX export."""
     first = _run([sys.executable, "-m", "dvc", "repro"], project, timeout=900)
-    for stage in ("train_tfidf", "evaluate_tfidf", "train_embedding", "evaluate_embedding"):
+    stages = (
+        *("train_tfidf", "evaluate_tfidf", "train_embedding", "evaluate_embedding"),
+        *("export_embedding", "prepare_corpus_mqp", "train_lm", "evaluate_lm", "export_lm"),
+    )
+    for stage in stages:
         assert f"Running stage '{stage}'" in first.stdout
     for name in ("tfidf", "demo_embedding"):
         bundle = project / "models" / name
@@ -124,8 +146,15 @@ def test_whole_pipeline_trains_evaluates_registers_then_skips(project: Path) -> 
         assert sum(r["support"] for r in metrics["per_class"]) == metrics["n_test"]
         assert metrics["accuracy"] > 0.5  # four separable classes
     assert (project / "mlruns" / "mlflow.db").is_file()
+    lm = json.loads((project / "reports" / "demo_lm" / "metrics.json").read_text())
+    assert lm["n_test"] > 0 and lm["perplexity"] > 1
+    export = json.loads((project / "models" / "demo_lm_onnx" / "export.json").read_text())
+    assert export["family"] == "lm" and export["parity"]["fp32"]["passed"]
 
     again = _run([sys.executable, "-m", "dvc", "repro"], project)
     assert "Running stage" not in again.stdout
     models = _run([sys.executable, "-m", "paperops.cli", "models", "list"], project)
     assert "champion" in models.stdout or "*" in models.stdout
+    gen = _run([sys.executable, "-m", "paperops.cli", "models", "list", "--name",
+                "paperops-generator"], project)  # fmt: skip
+    assert "val_perplexity" in gen.stdout and "champion" in gen.stdout
