@@ -231,13 +231,14 @@ def test_concurrent_requests_share_decode_steps(gen_api: GenApi) -> None:
 def test_request_log_has_one_row_per_answered_generation(gen_api: GenApi) -> None:
     answered = gen_api.answered
     gen_api.stop()  # SIGTERM: the log is flushed before the process exits
-    with contextlib.closing(sqlite3.connect(gen_api.base / "requests.db")) as db:
-        rows = db.execute(
-            "SELECT route, prompt, text, finish_reason, status, seed FROM generations"
-        ).fetchall()
+    from paperops.serve.reqlog import read_generations
+
+    url = f"sqlite:///{gen_api.base / 'requests.db'}"
+    rows = read_generations(url)
     assert len(rows) == answered
-    assert {r[0] for r in rows} == {"/v1/generate", "/infer"}
-    assert all(r[4] == 200 and r[1] for r in rows)
+    assert {r["route"] for r in rows} == {"/v1/generate", "/infer"}
+    assert all(r["status"] == 200 and r["prompt"] and r["seed"] is not None for r in rows)
+    assert read_generations(url, limit=2) == rows[-2:]  # the most recent, oldest first
 
 
 # --- no language model ------------------------------------------------------------------------

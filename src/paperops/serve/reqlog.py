@@ -620,9 +620,10 @@ class RequestLog:
 
 
 @contextmanager
-def _reader(url: str) -> Iterator[sa.Connection | None]:
-    """A connection to an existing log, or None when the log has no tables yet. A missing
-    SQLite file is an error naming it (connecting would silently create an empty one)."""
+def _reader(url: str, table: sa.Table | None = None) -> Iterator[sa.Connection | None]:
+    """A connection to an existing log, or None when it has no `table` (default: predictions)
+    yet. A missing SQLite file is an error naming it (connecting would create an empty one)."""
+    table = predictions_table if table is None else table
     engine = make_engine(url)
     try:
         if engine.dialect.name == "sqlite":
@@ -633,7 +634,7 @@ def _reader(url: str) -> Iterator[sa.Connection | None]:
                     "(serve.request_log.url)"
                 )
         with engine.connect() as conn:
-            if not sa.inspect(conn).has_table(predictions_table.name):
+            if not sa.inspect(conn).has_table(table.name):
                 yield None
             else:
                 yield conn
@@ -696,26 +697,15 @@ def count_requests(url: str) -> int:
 def read_generations(url: str, limit: int | None = None) -> list[dict[str, Any]]:
     """Logged generations, oldest first (with `limit`, the most recent `limit`)."""
     g = generations_table
-    engine = make_engine(url)
-    try:
-        if engine.dialect.name == "sqlite":
-            path = _sqlite_path(engine.url)
-            if path is not None and not path.is_file():
-                raise FileNotFoundError(
-                    f"no request log at {path}: it is created by `paperops serve` "
-                    "(serve.request_log.url)"
-                )
-        with engine.connect() as conn:
-            if not sa.inspect(conn).has_table(g.name):
-                return []
-            stmt = sa.select(g)
-            if limit is not None:
-                stmt = stmt.order_by(g.c.ts.desc(), g.c.id.desc()).limit(int(limit))
-            else:
-                stmt = stmt.order_by(g.c.ts, g.c.id)
-            rows = [dict(r._mapping) for r in conn.execute(stmt)]
-    finally:
-        engine.dispose()
+    with _reader(url, g) as conn:
+        if conn is None:
+            return []
+        stmt = sa.select(g)
+        if limit is not None:
+            stmt = stmt.order_by(g.c.ts.desc(), g.c.id.desc()).limit(int(limit))
+        else:
+            stmt = stmt.order_by(g.c.ts, g.c.id)
+        rows = [dict(r._mapping) for r in conn.execute(stmt)]
     if limit is not None:
         rows.reverse()
     for r in rows:
