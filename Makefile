@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml requirements/*.txt
 
 install: $(STAMP)  ## create .venv and install paperops with all extras
 
-# Debian packages the tests drive for real: Chromium (web page test). Installed only when missing.
-SYSDEPS := chromium
+# Debian packages the tests drive for real: Chromium (web page test), prometheus (promtool checks
+# and rule tests). Installed only when missing.
+SYSDEPS := chromium prometheus
 APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 sysdeps:  ## install the Debian packages the tests need (when missing)
 	@missing=""; for p in $(SYSDEPS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \

@@ -394,6 +394,7 @@ METRICS = [
     "paperops_prediction_confidence_bucket",
     "paperops_prediction_set_size_bucket",
     "paperops_model_info",
+    "paperops_ready",
     "paperops_model_reloads_total",
     "paperops_request_log_written_total",
     "paperops_request_log_dropped_total",
@@ -428,6 +429,7 @@ def test_metrics_after_traffic(api: Api) -> None:
     assert 1 <= total("paperops_batch_size_count") <= total("paperops_batch_size_sum")
     assert total("paperops_inference_duration_seconds_count", runtime="sklearn") >= 1
     assert total("paperops_queue_depth") == 0 and total("paperops_queue_rejected_total") == 0
+    assert total("paperops_ready") == 1  # what /readyz says, for the PaperopsNotReady alert
     info = next(iter(m["paperops_model_info"]))
     assert dict(info) == {
         "name": "model",

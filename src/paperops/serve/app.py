@@ -458,6 +458,7 @@ def create_app(
 
     metrics = metrics or ServeMetrics()
     state = ServeState(settings, loader, metrics)
+    metrics.bind_ready(lambda: state.not_ready_reason() is None)
     gen_state = GeneratorState(
         settings.generator,
         metrics,

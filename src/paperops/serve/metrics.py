@@ -110,6 +110,11 @@ class ServeMetrics:
         self.model_info = Info(
             "paperops_model", "The model being served (changes on reload).", registry=r
         )
+        self.ready = Gauge(
+            "paperops_ready",
+            "1 while /readyz answers 200 (a classifier is loaded and serving), else 0.",
+            registry=r,
+        )
         self.reloads = Counter(
             "paperops_model_reloads", "Model reloads by result (ok, error).", ["result"], registry=r
         )
@@ -221,6 +226,10 @@ class ServeMetrics:
             self.gen_ttft.observe(ttft_s)
         if tokens_per_s is not None:
             self.gen_tokens_per_s.observe(tokens_per_s)
+
+    def bind_ready(self, ready: Callable[[], bool]) -> None:
+        """Readiness read at scrape time, so an alert sees what /readyz would answer."""
+        self.ready.set_function(lambda: 1.0 if ready() else 0.0)
 
     def bind_queue_depth(self, depth: Callable[[], float]) -> None:
         """Read the batcher's queue at scrape time (no per-request gauge updates)."""
