@@ -39,16 +39,21 @@ def resolve_predictor(
     runtime = runtime or str(cfg_get(cfg, "serve.runtime", "auto"))
     threads = threads if threads is not None else cfg_get(cfg, "serve.threads")
     threads = None if threads is None else int(threads)
-    if model is None and ref is None and cfg_get(cfg, "serve.model"):
-        model = Path(str(cfg_get(cfg, "serve.model")))
+    model = _local_dir(cfg, model, ref, "serve.model", "--model", "a bundle or export directory")
     if model is not None:
-        model = Path(model)
-        if not model.exists():
-            raise ModelLoadError(
-                f"--model {model} does not exist; pass a bundle or export directory"
-            )
         return load_predictor(model, runtime=runtime, threads=threads)
     return _from_registry(cfg, str(ref or cfg_get(cfg, "serve.ref", "champion")), runtime, threads)
+
+
+def _local_dir(
+    cfg: Any, model: Path | None, ref: str | None, key: str, flag: str, what: str
+) -> Path | None:
+    """`model` if given, else config `key` when no registry `ref` was asked for; it must exist."""
+    if model is None and ref is None and cfg_get(cfg, key):
+        model = Path(str(cfg_get(cfg, key)))
+    if model is not None and not Path(model).exists():
+        raise ModelLoadError(f"{flag} {model} does not exist; pass {what}")
+    return None if model is None else Path(model)
 
 
 def _from_registry(cfg: Any, ref: str, runtime: str, threads: int | None) -> Predictor:
@@ -138,19 +143,15 @@ def resolve_generator(cfg: Any, model: Path | None = None, ref: str | None = Non
     Raises ModelLoadError with the fix when none can be loaded."""
     from paperops.serve.generate import load_generator
 
-    runtime = str(cfg_get(cfg, "serve.generator.runtime", "torch"))
+    runtime = str(cfg_get(cfg, "serve.generator.runtime", "auto"))
     threads = cfg_get(cfg, "serve.generator.threads")
     if threads is None:
         threads = cfg_get(cfg, "serve.threads")
     threads = None if threads is None else int(threads)
-    if model is None and ref is None and cfg_get(cfg, "serve.generator.model"):
-        model = Path(str(cfg_get(cfg, "serve.generator.model")))
+    model = _local_dir(
+        cfg, model, ref, "serve.generator.model", "--generator", "an LM bundle or export directory"
+    )
     if model is not None:
-        model = Path(model)
-        if not model.exists():
-            raise ModelLoadError(
-                f"--generator {model} does not exist; pass an LM bundle or LM export directory"
-            )
         return load_generator(model, runtime=runtime, threads=threads)
     ref = str(ref or cfg_get(cfg, "serve.generator.ref", "champion"))
     name = str(cfg_get(cfg, "serve.generator.registered_model", "paperops-generator"))

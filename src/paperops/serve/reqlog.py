@@ -672,16 +672,9 @@ def read_predictions(
             stmt = stmt.where(p.c.ts >= since)
         if until is not None:
             stmt = stmt.where(p.c.ts < until)
-        if limit is not None:
-            stmt = stmt.order_by(p.c.ts.desc(), p.c.id.desc()).limit(int(limit))
-        else:
-            stmt = stmt.order_by(p.c.ts, p.c.id)
-        rows = [dict(r._mapping) for r in conn.execute(stmt)]
-    if limit is not None:
-        rows.reverse()
+        rows = _oldest_first(conn, stmt, p, limit)
     for r in rows:
         r["index"] = r.pop("idx")
-        r.pop("id", None)
         r["top"] = [(str(lab), float(prob)) for lab, prob in r["top"]]
     return rows
 
@@ -700,12 +693,18 @@ def read_generations(url: str, limit: int | None = None) -> list[dict[str, Any]]
     with _reader(url, g) as conn:
         if conn is None:
             return []
-        stmt = sa.select(g)
-        if limit is not None:
-            stmt = stmt.order_by(g.c.ts.desc(), g.c.id.desc()).limit(int(limit))
-        else:
-            stmt = stmt.order_by(g.c.ts, g.c.id)
-        rows = [dict(r._mapping) for r in conn.execute(stmt)]
+        return _oldest_first(conn, sa.select(g), g, limit)
+
+
+def _oldest_first(
+    conn: sa.Connection, stmt: sa.Select, table: sa.Table, limit: int | None
+) -> list[dict[str, Any]]:
+    """Rows of `stmt` oldest first (with `limit`, the most recent `limit`), without `id`."""
+    if limit is not None:
+        stmt = stmt.order_by(table.c.ts.desc(), table.c.id.desc()).limit(int(limit))
+    else:
+        stmt = stmt.order_by(table.c.ts, table.c.id)
+    rows = [dict(r._mapping) for r in conn.execute(stmt)]
     if limit is not None:
         rows.reverse()
     for r in rows:
