@@ -182,6 +182,35 @@ class ServeMetrics:
         self.generator_info = Info(
             "paperops_generator", "The language model being served (family lm).", registry=r
         )
+        # --- drift (the latest `paperops monitor drift` report; see paperops.monitor) ---
+        self.drift_score = Gauge(
+            "paperops_drift_score",
+            "Score of each drift check in the latest drift report (higher = more drift).",
+            ["check"],
+            registry=r,
+        )
+        self.drift_threshold = Gauge(
+            "paperops_drift_threshold",
+            "Threshold above which a drift check counts as drifted.",
+            ["check"],
+            registry=r,
+        )
+        self.drift_detected = Gauge(
+            "paperops_drift_detected",
+            "1 if the check drifted in the latest drift report, else 0.",
+            ["check"],
+            registry=r,
+        )
+        self.drift_window_papers = Gauge(
+            "paperops_drift_window_papers",
+            "Logged papers the latest drift report compared with the training reference.",
+            registry=r,
+        )
+        self.drift_report_timestamp = Gauge(
+            "paperops_drift_report_timestamp_seconds",
+            "Unix time the latest drift report was computed (0 = none yet).",
+            registry=r,
+        )
         for reason in FINISH_REASONS:
             self.gen_finished.labels(finish_reason=reason)
         for result in ("ok", "error"):
@@ -226,6 +255,22 @@ class ServeMetrics:
             self.gen_ttft.observe(ttft_s)
         if tokens_per_s is not None:
             self.gen_tokens_per_s.observe(tokens_per_s)
+
+    def set_drift(self, report: dict[str, Any] | None) -> None:
+        """Publish a drift report's scores (see paperops.monitor.drift for its shape); checks
+        missing from a newer report disappear instead of keeping stale values."""
+        for gauge in (self.drift_score, self.drift_threshold, self.drift_detected):
+            gauge.clear()
+        if not report:
+            return
+        for name, check in report.get("checks", {}).items():
+            if check.get("score") is None:  # skipped (e.g. no feedback for live accuracy)
+                continue
+            self.drift_score.labels(check=name).set(float(check["score"]))
+            self.drift_threshold.labels(check=name).set(float(check["threshold"]))
+            self.drift_detected.labels(check=name).set(1.0 if check.get("drifted") else 0.0)
+        self.drift_window_papers.set(float(report.get("window", {}).get("papers", 0)))
+        self.drift_report_timestamp.set(float(report.get("ts", 0.0)))
 
     def bind_ready(self, ready: Callable[[], bool]) -> None:
         """Readiness read at scrape time, so an alert sees what /readyz would answer."""
