@@ -45,10 +45,11 @@ from paperops.commands import corpus as _corpus  # noqa: E402
 from paperops.commands import demo as _demo  # noqa: E402
 from paperops.commands import export as _export  # noqa: E402
 from paperops.commands import generate as _generate  # noqa: E402
+from paperops.commands import monitor as _monitor  # noqa: E402
 from paperops.commands import predict as _predict  # noqa: E402
 from paperops.commands import serve as _serve  # noqa: E402
 
-for _module in (_export, _serve, _predict, _generate, _demo):
+for _module in (_export, _serve, _predict, _generate, _monitor, _demo):
     _module.register(app)
 _corpus.register(data_app)
 

@@ -455,9 +455,11 @@ def create_app(
         GeneratorState,
         make_generation_router,
     )
+    from paperops.serve.monitoring import DriftView, make_monitoring_router
 
     metrics = metrics or ServeMetrics()
     state = ServeState(settings, loader, metrics)
+    drift = DriftView(settings.request_log.url, metrics, settings.drift_refresh_s)
     metrics.bind_ready(lambda: state.not_ready_reason() is None)
     gen_state = GeneratorState(
         settings.generator,
@@ -587,6 +589,7 @@ def create_app(
     @app.get("/metrics", tags=["probes"], response_class=Response)
     async def metrics_endpoint() -> Response:
         """Prometheus exposition of this app's registry."""
+        await drift.latest()  # the drift gauges follow the newest stored report
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
@@ -823,6 +826,7 @@ def create_app(
             return JSONResponse({"papers": len(body.papers)})  # type: ignore[attr-defined]
 
     app.include_router(make_generation_router(settings.generator))
+    app.include_router(make_monitoring_router(drift))
     for router in routers:
         app.include_router(router)
     return app

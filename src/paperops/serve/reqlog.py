@@ -110,6 +110,18 @@ generations_table = sa.Table(
     sa.Index("ix_generations_request_id", "request_id"),
 )
 
+# Written by `paperops monitor drift`, read by the API (gauges, /v1/monitoring/drift): the log's
+# database is the one store every API replica and the drift job already share.
+drift_reports_table = sa.Table(
+    "drift_reports",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("drifted", sa.Boolean, nullable=False),
+    sa.Column("report", sa.JSON, nullable=False),
+    sa.Index("ix_drift_reports_ts", "ts"),
+)
+
 
 @dataclass(frozen=True)
 class PaperLogRow:
@@ -710,3 +722,37 @@ def _oldest_first(
     for r in rows:
         r.pop("id", None)
     return rows
+
+
+def save_drift_report(url: str, report: dict[str, Any]) -> None:
+    """Store a drift report where the API looks for the latest one."""
+    engine = make_engine(url)
+    try:
+        if engine.dialect.name == "sqlite":
+            path = _sqlite_path(engine.url)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        metadata.create_all(engine, tables=[drift_reports_table], checkfirst=True)
+        with engine.begin() as conn:
+            conn.execute(
+                drift_reports_table.insert().values(
+                    ts=float(report["ts"]), drifted=bool(report["drifted"]), report=report
+                )
+            )
+    finally:
+        engine.dispose()
+
+
+def latest_drift_report(url: str) -> dict[str, Any] | None:
+    """The most recent stored drift report, or None when there is none (or no log yet)."""
+    t = drift_reports_table
+    try:
+        with _reader(url, t) as conn:
+            if conn is None:
+                return None
+            row = conn.execute(
+                sa.select(t.c.report).order_by(t.c.ts.desc(), t.c.id.desc()).limit(1)
+            ).first()
+    except FileNotFoundError:
+        return None
+    return None if row is None else dict(row[0])

@@ -195,6 +195,7 @@ class ServeSettings:
     cors_origins: tuple[str, ...] = ()
     benchmark_endpoints: bool = False
     shutdown_timeout_s: float = 10.0
+    drift_refresh_s: float = 15.0  # how often the latest drift report is re-read from the log
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
@@ -217,6 +218,7 @@ class ServeSettings:
         if not isinstance(self.benchmark_endpoints, bool):
             raise SettingsError("serve.benchmark_endpoints must be true/false")
         _number("shutdown_timeout_s", self.shutdown_timeout_s, 0.0)
+        _number("drift_refresh_s", self.drift_refresh_s, 0.0)
         if self.batching.queue_size < self.limits.max_papers:
             raise SettingsError(
                 f"serve.batching.queue_size ({self.batching.queue_size}) must be >= "

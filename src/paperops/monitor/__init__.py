@@ -1,0 +1,1 @@
+"""Drift detection over the request log, its reports, and the retrain path."""
