@@ -55,12 +55,12 @@ test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/python -m pytest -q tests/unit
 
 lint: $(STAMP)  ## ruff lint + format check
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks deploy
+	$(BIN)/ruff format --check src tests benchmarks deploy
 
 format: $(STAMP)  ## apply ruff fixes and formatting
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks deploy
+	$(BIN)/ruff format src tests benchmarks deploy
 
 bench: $(STAMP)  ## run the benchmarks and rewrite docs/benchmarks.md
 	$(BIN)/python benchmarks/run.py

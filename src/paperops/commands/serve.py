@@ -16,6 +16,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+# what a serve-only install (pip install paperops[serve]) lacks for some models
+MISSING_EXTRA = (
+    "this model needs `pip install paperops[train]` (a tfidf bundle needs scikit-learn/skops, "
+    "the language model needs torch); a serve-only install serves ONNX classifier exports "
+    "(`paperops export`)"
+)
+
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
@@ -138,6 +145,8 @@ def register(app: typer.Typer) -> None:
                 predictor = warm(loader(None))
             except (ModelLoadError, ValueError, OSError) as e:
                 raise _fail(str(e)) from None
+            except ImportError as e:  # e.g. a tfidf bundle (skops) on a serve-only install
+                raise _fail(f"{e}: {MISSING_EXTRA}") from None
         gen_settings = settings.generator
         # asked for by name (an option) or by config (enabled: true): failing to load is fatal
         required = gen_settings.required or generator is not None or generator_ref is not None
@@ -148,6 +157,12 @@ def register(app: typer.Typer) -> None:
         if gen_loader is not None and not wait_ready:
             try:
                 gen = gen_loader()
+            except ImportError as e:  # the LM needs torch (the train extra) even when exported
+                if required:
+                    msg = f"the language model cannot be loaded: {e}: {MISSING_EXTRA}"
+                    raise _fail(msg) from None
+                gen_error = f"{e} ({MISSING_EXTRA})"
+                typer.echo(f"no language model: {gen_error}; /v1/generate answers 503", err=True)
             except (ModelLoadError, ValueError, OSError) as e:
                 if required:
                     raise _fail(f"the language model cannot be loaded: {e}") from None

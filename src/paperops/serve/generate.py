@@ -630,10 +630,9 @@ def make_generation_router(settings: GeneratorSettings) -> APIRouter:
         stream: bool = Query(False, description="Server-sent events, one per new token."),
     ) -> Response:
         """Continue a prompt with the language model (KV cache, batched with other requests)."""
-        from paperops.generation import SamplingParams
-
         gs = state_of(request)
-        gen, engine = gs.ready()
+        gen, engine = gs.ready()  # 503 before anything imports torch
+        from paperops.generation import SamplingParams
         prompt: str = body.prompt  # type: ignore[attr-defined]
         ids = gs.prompt_ids(gen, prompt)
         temperature: float = body.temperature  # type: ignore[attr-defined]
@@ -688,10 +687,9 @@ def make_generation_router(settings: GeneratorSettings) -> APIRouter:
     @router.post("/infer", response_model=InferResponse, responses=errors)
     async def infer(body: InferRequest, request: Request) -> Response:  # type: ignore[valid-type]
         """The first report's shape: `{prompt, max_length}` -> prompt + continuation."""
-        from paperops.generation import SamplingParams
-
         gs = state_of(request)
-        gen, engine = gs.ready()
+        gen, engine = gs.ready()  # 503 before anything imports torch
+        from paperops.generation import SamplingParams
         prompt: str = body.prompt  # type: ignore[attr-defined]
         ids = gs.prompt_ids(gen, prompt)
         max_length = body.max_length  # type: ignore[attr-defined]
