@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, RESULTS
 
-BENCHMARKS = ["prepare", "quality", "serve", "lm"]  # order of sections in docs/benchmarks.md
+BENCHMARKS = ["prepare", "quality", "serve", "lm", "robustness"]  # order in docs/benchmarks.md
 
 
 def main(argv: list[str]) -> None:
