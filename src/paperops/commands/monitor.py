@@ -46,6 +46,8 @@ def drift_cmd(
         report = run_drift(dcfg, window)
     except DriftError as e:
         raise _fail(str(e)) from None
+    if not as_json:  # the verdict first: a retrain may take hours
+        typer.echo(render_summary(report))
     if retrain or force_retrain:
         from pathlib import Path
 
@@ -62,10 +64,10 @@ def drift_cmd(
             force=force_retrain,
         )
         rewrite_reports(report, Path(dcfg.output_dir))
+        if not as_json:
+            typer.echo(render_retrain(report["retrain"]))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
-    else:
-        typer.echo(render_summary(report))
     if fail_on_drift and report["drifted"]:
         raise typer.Exit(EXIT_DRIFT)
     if report.get("retrain", {}).get("ok") is False:
@@ -91,22 +93,21 @@ def render_summary(report: dict) -> str:
         else ("no drift" if report["status"] == "ok" else report["status"].replace("_", " "))
     )
     lines.append(f"  => {verdict}")
-    rt = report.get("retrain")
-    if rt:
-        if not rt["triggered"]:
-            lines.append(f"  retrain: not run ({rt['reason']})")
-        else:
-            cmds = "; ".join(
-                f"{' '.join(r['command'])} -> {r['returncode']}" for r in rt["commands"]
-            )
-            lines.append(
-                f"  retrain: {cmds}; new versions {rt['new_versions'] or 'none'}; champion "
-                f"{rt['champion_before']} -> {rt['champion_after']}"
-                + (" (promoted)" if rt["promoted"] else " (kept)")
-            )
     for kind, path in report.get("files", {}).items():
         lines.append(f"  {kind}: {path}")
     return "\n".join(lines)
+
+
+def render_retrain(rt: dict) -> str:
+    """One line: what the retrain path ran and what the registry gate did."""
+    if not rt["triggered"]:
+        return f"  retrain: not run ({rt['reason']})"
+    cmds = "; ".join(f"{' '.join(r['command'])} -> {r['returncode']}" for r in rt["commands"])
+    outcome = " (promoted)" if rt["promoted"] else " (kept)"
+    return (
+        f"  retrain: {cmds}; new versions {rt['new_versions'] or 'none'}; champion "
+        f"{rt['champion_before']} -> {rt['champion_after']}{outcome}"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -633,6 +633,7 @@ def make_generation_router(settings: GeneratorSettings) -> APIRouter:
         gs = state_of(request)
         gen, engine = gs.ready()  # 503 before anything imports torch
         from paperops.generation import SamplingParams
+
         prompt: str = body.prompt  # type: ignore[attr-defined]
         ids = gs.prompt_ids(gen, prompt)
         temperature: float = body.temperature  # type: ignore[attr-defined]
@@ -690,6 +691,7 @@ def make_generation_router(settings: GeneratorSettings) -> APIRouter:
         gs = state_of(request)
         gen, engine = gs.ready()  # 503 before anything imports torch
         from paperops.generation import SamplingParams
+
         prompt: str = body.prompt  # type: ignore[attr-defined]
         ids = gs.prompt_ids(gen, prompt)
         max_length = body.max_length  # type: ignore[attr-defined]
