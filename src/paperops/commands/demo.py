@@ -64,6 +64,63 @@ def generation_demo(client: Any, base: str) -> None:
     )
 
 
+DRIFT_PAPERS = 300  # held-out test papers the demo sends before it runs the drift job
+
+
+def drift_demo(client: Any, base: str, overrides: list[str]) -> None:
+    """Send held-out test papers (with their true labels as feedback), run `paperops monitor
+    drift` on them and show what the API then reports. Skipped without prepared data."""
+    import time
+
+    import pandas as pd
+
+    from paperops.commands.monitor import render_summary
+    from paperops.config import load_config
+    from paperops.monitor.drift import DriftConfig, DriftError, run_drift
+    from paperops.serve.reqlog import read_predictions
+
+    # the reference is the training split; lsa embeddings keep the demo to seconds (the
+    # default MiniLM embeddings take ~2 minutes here on a first run)
+    cfg = load_config([*overrides, f"monitor.max_papers={DRIFT_PAPERS}", "monitor.window=1h",
+                       "monitor.embedding.method=lsa"])  # fmt: skip
+    test_path = Path(str(cfg.monitor.reference.processed_dir)) / "test.parquet"
+    if not test_path.is_file():
+        typer.echo(f"\nno {test_path}: skipping the drift demo (run `paperops data prepare`)")
+        return
+    test = pd.read_parquet(test_path).sample(DRIFT_PAPERS, random_state=0)
+    started = time.time()
+    for i in range(0, DRIFT_PAPERS, 50):
+        part = test.iloc[i : i + 50]
+        pairs = zip(part.title, part.abstract, strict=True)
+        papers = [{"title": t, "abstract": a} for t, a in pairs]
+        r = client.post(f"{base}/v1/classify", json={"papers": papers}, timeout=120)
+        r.raise_for_status()
+        rid = r.json()["request_id"]
+        for j, label in enumerate(part.label):
+            body = {"request_id": rid, "index": j, "label": label}
+            client.post(f"{base}/v1/feedback", json=body, timeout=30).raise_for_status()
+    url = str(cfg.monitor.request_log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the request log is written in the background
+        rows = read_predictions(url, since=started)
+        if sum(r["feedback_label"] is not None for r in rows) >= DRIFT_PAPERS:
+            break
+        time.sleep(0.2)
+    typer.echo(f"\nsent {DRIFT_PAPERS} held-out test papers with their true labels; drift job:")
+    try:
+        report = run_drift(DriftConfig.from_config(cfg.monitor))
+    except DriftError as e:
+        typer.echo(f"  drift job failed: {e}")
+        return
+    typer.echo(render_summary(report))
+    served = client.get(f"{base}/v1/monitoring/drift", timeout=30).json()
+    lines = [ln for ln in client.get(f"{base}/metrics", timeout=30).text.splitlines()
+             if ln.startswith("paperops_drift_score")]  # fmt: skip
+    typer.echo(f"GET /v1/monitoring/drift: drifted={served.get('drifted')}, "
+               f"created_at {served.get('created_at')}")  # fmt: skip
+    typer.echo("/metrics: " + "; ".join(lines))
+
+
 def _print_answers(examples: list[dict[str, Any]], body: dict[str, Any]) -> None:
     m = body["model"]
     target = body.get("coverage_target")
@@ -110,6 +167,7 @@ def register(app: typer.Typer) -> None:
             *(["--model", str(model)] if model else []),
             *(["--generator", str(generator)] if generator else []),
             *(overrides or []),
+            "serve.drift_refresh_s=0",  # show the drift report the moment it is stored
         ]
         typer.echo("starting paperops serve on 127.0.0.1 ...")
         try:
@@ -123,6 +181,7 @@ def register(app: typer.Typer) -> None:
                 r.raise_for_status()
                 _print_answers(examples, r.json())
                 generation_demo(httpx, base)
+                drift_demo(httpx, base, overrides or [])
                 ready = httpx.get(f"{base}/readyz", timeout=10).json()
                 typer.echo(f"\nreadyz: {ready}")
             typer.echo("server stopped cleanly")

@@ -31,10 +31,14 @@ def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
 
 def categorical_psi(reference: Mapping[str, float], current: Mapping[str, float]) -> float:
     """PSI over the union of categories (counts or proportions)."""
-    keys = sorted(set(reference) | set(current))
-    ref = np.array([reference.get(k, 0.0) for k in keys], float)
-    cur = np.array([current.get(k, 0.0) for k in keys], float)
-    return _psi_from_counts(ref, cur)
+    return _psi_from_counts(*_aligned(reference, current))
+
+
+def _aligned(a: Mapping[str, float], b: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Two category -> count maps as vectors over the union of their keys (0 where absent)."""
+    keys = sorted(set(a) | set(b))
+    return (np.array([a.get(k, 0.0) for k in keys], float),
+            np.array([b.get(k, 0.0) for k in keys], float))  # fmt: skip
 
 
 def _psi_from_counts(ref: np.ndarray, cur: np.ndarray) -> float:
@@ -78,10 +82,7 @@ def word_counts(texts: Iterable[str]) -> Counter[str]:
 
 def js_divergence(p_counts: Mapping[str, float], q_counts: Mapping[str, float]) -> float:
     """Jensen-Shannon divergence in bits (0 = same distribution, 1 = disjoint)."""
-    keys = sorted(set(p_counts) | set(q_counts))
-    p = np.array([p_counts.get(k, 0.0) for k in keys], float)
-    q = np.array([q_counts.get(k, 0.0) for k in keys], float)
-    return js_divergence_arrays(p, q)
+    return js_divergence_arrays(*_aligned(p_counts, q_counts))
 
 
 def js_divergence_arrays(p: np.ndarray, q: np.ndarray) -> float:
