@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help install sysdeps demo serve test test-fast lint format bench clean
+.PHONY: help install sysdeps demo serve test test-fast lint format bench docs clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,15 +55,19 @@ test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/python -m pytest -q tests/unit
 
 lint: $(STAMP)  ## ruff lint + format check
-	$(BIN)/ruff check src tests benchmarks deploy
-	$(BIN)/ruff format --check src tests benchmarks deploy
+	$(BIN)/ruff check src tests benchmarks deploy scripts
+	$(BIN)/ruff format --check src tests benchmarks deploy scripts
 
 format: $(STAMP)  ## apply ruff fixes and formatting
-	$(BIN)/ruff check --fix src tests benchmarks deploy
-	$(BIN)/ruff format src tests benchmarks deploy
+	$(BIN)/ruff check --fix src tests benchmarks deploy scripts
+	$(BIN)/ruff format src tests benchmarks deploy scripts
 
 bench: $(STAMP)  ## run the benchmarks and rewrite docs/benchmarks.md
 	$(BIN)/python benchmarks/run.py
+
+docs: $(STAMP)  ## build the docs site into site/ (reference pages regenerated first)
+	$(BIN)/python scripts/gen_docs.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
 clean:  ## remove generated outputs (keeps .venv)
 	rm -rf data reports outputs multirun models optuna .pytest_cache .ruff_cache
