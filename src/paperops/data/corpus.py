@@ -33,7 +33,13 @@ from paperops.data.errors import DataError
 from paperops.data.schemas import rule
 from paperops.data.sources import read_mqp_csv
 from paperops.data.text import clean_whitespace
-from paperops.data.validate import ValidationReport, Violation, schema_violations, write_report
+from paperops.data.validate import (
+    ValidationReport,
+    Violation,
+    describe_row,
+    schema_violations,
+    write_report,
+)
 from paperops.io import atomic_dir, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -250,21 +256,12 @@ def validate_frames(
                         "the same (normalised) text is in two splits",
                         len(shared),
                         [
-                            f"{_where(df, idx)}: {str(df.at[idx, 'text'])[:80]!r}"
+                            f"{describe_row(df, idx)}: {str(df.at[idx, 'text'])[:80]!r}"
                             for idx in df.index[hit][:max_examples]
                         ],
                     )
                 )
     return report
-
-
-def _where(df: pd.DataFrame, idx: Any) -> str:
-    parts = []
-    if "line" in df.columns:
-        parts.append(f"line {df.at[idx, 'line']}")
-    if "id" in df.columns:
-        parts.append(f"id={df.at[idx, 'id']!s:.40}")
-    return " ".join(parts) or f"row {idx}"
 
 
 def validate_corpus(output_dir: str | Path, cfg: CorpusConfig) -> ValidationReport:

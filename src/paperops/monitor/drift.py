@@ -28,6 +28,7 @@ import pandas as pd
 
 from paperops import __version__
 from paperops.monitor import stats
+from paperops.monitor.stats import words
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +36,10 @@ CHECKS = ("length", "vocabulary", "embedding", "label", "accuracy")
 FORMAT = 1
 _WINDOW = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_WORD = re.compile(r"[a-z][a-z0-9\-]+")
 
 
 class DriftError(ValueError):
     """A drift job that cannot run as configured (bad window, no reference, no log)."""
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased words of 2+ characters: what the vocabulary check counts."""
-    return _WORD.findall(text.lower())
 
 
 def parse_window(spec: str | int | float, now: float) -> tuple[float | None, float]:

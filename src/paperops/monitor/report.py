@@ -66,7 +66,7 @@ def _write_evidently(path: Path, ref: Any, win: Any) -> bool:
                 "confidence": [float(r["confidence"]) for r in win.rows],
             }
         )
-        from paperops.monitor.drift import words
+        from paperops.monitor.stats import words
 
         win_texts = win.texts
         ref_df["words"] = [len(words(t)) for t in ref.texts]

@@ -6,12 +6,14 @@ distribution, whatever the sample sizes, so one threshold works for small and la
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 from scipy import stats as sps
 
+_WORD = re.compile(r"[a-z][a-z0-9\-]+")
 EPS = 1e-4  # floor for empty bins: PSI and JS are infinite on a zero otherwise
 
 
@@ -70,10 +72,13 @@ def ks(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
+def words(text: str) -> list[str]:
+    """Lower-cased words of 2+ characters: what the vocabulary check counts."""
+    return _WORD.findall(text.lower())
+
+
 def word_counts(texts: Iterable[str]) -> Counter[str]:
     """Lower-cased word counts: the unit of the vocabulary check."""
-    from paperops.monitor.drift import words
-
     counts: Counter[str] = Counter()
     for t in texts:
         counts.update(words(t))

@@ -49,7 +49,7 @@ class DriftView:
                 self._warned = True
             return self._report
         self._warned = False
-        if report is not None and report is not self._report:
+        if report is not None:
             self.metrics.set_drift(report)
         self._report = report
         return report

@@ -229,6 +229,14 @@ def _sqlite_path(url: URL) -> Path | None:
     return Path(db)
 
 
+def _make_sqlite_dir(engine: Engine) -> None:
+    """SQLite creates the file but not its directory."""
+    if engine.dialect.name == "sqlite":
+        path = _sqlite_path(engine.url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+
 def make_engine(url: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Engine:
     """An engine for the log. SQLite gets WAL (readers never block the writer), synchronous=NORMAL
     (safe with WAL, far fewer fsyncs) and a busy timeout on every new connection."""
@@ -515,10 +523,7 @@ class RequestLog:
             return True
         engine = self._live_engine()
         try:
-            if engine.dialect.name == "sqlite":
-                path = _sqlite_path(engine.url)
-                if path is not None:
-                    path.parent.mkdir(parents=True, exist_ok=True)
+            _make_sqlite_dir(engine)
             metadata.create_all(engine, checkfirst=True)
         except (OSError, sa.exc.SQLAlchemyError) as e:
             self._report(
@@ -728,10 +733,7 @@ def save_drift_report(url: str, report: dict[str, Any]) -> None:
     """Store a drift report where the API looks for the latest one."""
     engine = make_engine(url)
     try:
-        if engine.dialect.name == "sqlite":
-            path = _sqlite_path(engine.url)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
+        _make_sqlite_dir(engine)
         metadata.create_all(engine, tables=[drift_reports_table], checkfirst=True)
         with engine.begin() as conn:
             conn.execute(
