@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help install sysdeps demo serve test test-fast lint format bench docs clean
+.PHONY: help install sysdeps demo serve test test-fast soak lint audit format bench docs clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,12 +51,21 @@ serve: $(STAMP)  ## serve the registry champion on http://127.0.0.1:8000 until C
 test: $(STAMP) sysdeps  ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
+# The 60 s soak runs in `make test`; this is the 10-minute one (figures: reports/reliability/).
+soak: $(STAMP)  ## 10 minutes of mixed API traffic: no 5xx, flat memory, every request logged
+	PAPEROPS_SOAK_S=600 PAPEROPS_SOAK_REPORT=reports/reliability/soak.json \
+	  $(BIN)/python -m pytest -q -s --timeout=1800 tests/reliability/test_soak.py
+
 test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/python -m pytest -q tests/unit
 
-lint: $(STAMP)  ## ruff lint + format check
+lint: $(STAMP)  ## ruff lint + format check, bandit over src/
 	$(BIN)/ruff check src tests benchmarks deploy scripts
 	$(BIN)/ruff format --check src tests benchmarks deploy scripts
+	$(BIN)/bandit -r src -c pyproject.toml -q
+
+audit: $(STAMP)  ## pip-audit of requirements/lock.txt (PyPI only) -> reports/security/
+	$(BIN)/python scripts/audit.py
 
 format: $(STAMP)  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix src tests benchmarks deploy scripts

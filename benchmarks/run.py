@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, RESULTS
 
-BENCHMARKS = ["prepare", "quality", "serve", "lm", "robustness"]  # order in docs/benchmarks.md
+# in their order in docs/benchmarks.md
+BENCHMARKS = ["prepare", "quality", "serve", "durability", "lm", "robustness"]
 
 
 def main(argv: list[str]) -> None:

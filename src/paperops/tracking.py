@@ -122,7 +122,7 @@ def client_for(logger_cfg: Any) -> Any:
 
 def _git(args: list[str], cwd: Path) -> str | None:
     try:
-        out = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        out = subprocess.run(  # noqa: S603  # nosec B603, B607 # fixed git argv, no shell; git from PATH
             ["git", *args],  # noqa: S607 - git from PATH, like any developer tool
             cwd=cwd,
             capture_output=True,

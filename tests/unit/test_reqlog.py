@@ -3,6 +3,7 @@ database drops rows (counted) instead of blocking, and close() flushes."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sqlite3
 import threading
@@ -278,3 +279,56 @@ def test_bad_url_or_missing_driver_is_a_clear_error() -> None:
         assert "secret" not in str(e.value)
     with pytest.raises(ValueError, match="queue_size"):
         RequestLog("sqlite://", queue_size=0)
+
+
+# --- durable answers: wait_written ------------------------------------------------------------
+
+
+def test_wait_written_returns_once_the_rows_are_committed(db: tuple[Path, str]) -> None:
+    """Every waiter wakes with True, and by then its row is readable from another connection;
+    100 concurrent waiters share far fewer transactions than records (group commit)."""
+    path, url = db
+    rl = RequestLog(url, linger_ms=10_000).start()  # a linger this long would show as a hang
+    commits: list[int] = []
+    rl._on_write = commits.append
+
+    async def one(i: int) -> tuple[bool | None, int]:
+        seq = rl.put(request(f"d{i}"))
+        ok = await rl.wait_written(seq, timeout=30)
+        seen = sqlite3.connect(path).execute(
+            "SELECT count(*) FROM requests WHERE request_id = ?", (f"d{i}",)
+        )
+        return ok, seen.fetchone()[0]
+
+    async def main() -> list[tuple[bool | None, int]]:
+        return await asyncio.gather(*(one(i) for i in range(100)))
+
+    results = asyncio.run(main())
+    rl.close()
+    assert results == [(True, 1)] * 100
+    assert sum(commits) == 100 * 2 and len(commits) < 100
+
+
+def test_wait_written_reports_drops_and_timeouts(db: tuple[Path, str]) -> None:
+    path, url = db
+    RequestLog(url).start().close()
+    ro = RequestLog(f"sqlite:///file:{path}?mode=ro&uri=true").start()
+    locked = RequestLog(url, busy_timeout_ms=60_000).start()
+    locker = sqlite3.connect(path, isolation_level=None)
+
+    async def main() -> tuple[bool | None, bool | None, bool | None, bool | None]:
+        failed = await ro.wait_written(ro.put(request("ro")), timeout=30)
+        again = await ro.wait_written(1, timeout=30)  # already resolved: still reported dropped
+        never = await ro.wait_written(None, timeout=30)  # dropped at the door (full / closed)
+        late = await locked.wait_written(locked.put(request("late")), timeout=0.2)
+        return failed, again, never, late
+
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        assert asyncio.run(main()) == (False, False, False, None)
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    ro.close()
+    locked.close()
+    assert locked.written == 2  # the timed-out row was not lost, only answered before commit

@@ -125,7 +125,7 @@ def register(app: typer.Typer) -> None:
         from paperops.cli import _config, _fail
         from paperops.models.base import ModelLoadError
         from paperops.serve.app import create_app, warm
-        from paperops.serve.loader import make_generator_loader, make_loader
+        from paperops.serve.loader import check_local_dirs, make_generator_loader, make_loader
         from paperops.serve.settings import ServeSettings, SettingsError
 
         if model is not None and ref is not None:
@@ -139,6 +139,12 @@ def register(app: typer.Typer) -> None:
         except SettingsError as e:
             raise _fail(str(e)) from None
         loader = make_loader(cfg, model=model, ref=ref)
+        if wait_ready:
+            # a missing path is a typo, not a model fault: waiting cannot fix it, so exit 2 now
+            try:
+                check_local_dirs(cfg, model, ref, generator=generator)
+            except ModelLoadError as e:
+                raise _fail(str(e)) from None
         predictor = None
         if not wait_ready:
             try:

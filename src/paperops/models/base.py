@@ -86,4 +86,8 @@ def family_class(family: str) -> Any:
 def load_classifier(directory: Path, expected_labels: Sequence[str] | None = None) -> Classifier:
     """Load any family's bundle; `expected_labels` guards against a mismatched label map."""
     meta = read_meta(Path(directory))
-    return family_class(meta["family"]).load(Path(directory), expected_labels=expected_labels)
+    try:
+        cls = family_class(meta["family"])
+    except ModelLoadError as e:  # name the file that says so: the operator fixes that one
+        raise ModelLoadError(f"{Path(directory) / META_FILE}: {e}") from None
+    return cls.load(Path(directory), expected_labels=expected_labels)

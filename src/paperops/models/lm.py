@@ -150,7 +150,7 @@ def pretrained_tokenizer(spec: str) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(spec, local_files_only=True).backend_tokenizer
+        return AutoTokenizer.from_pretrained(spec, local_files_only=True).backend_tokenizer  # nosec B615 # local files only
     except OSError as e:
         raise ModelLoadError(
             f"tokenizer {spec!r} is not available locally ({e}); give a local path, "
@@ -372,7 +372,7 @@ def _from_pretrained(spec: str, *, what: str) -> Any:
     _quiet_transformers()
 
     try:
-        model, info = GPT2LMHeadModel.from_pretrained(
+        model, info = GPT2LMHeadModel.from_pretrained(  # nosec B615 # local_files_only=True below
             spec, local_files_only=True, output_loading_info=True
         )
     except OSError as e:

@@ -189,13 +189,35 @@ class BodyTooLarge(StarletteHTTPException):
         self.loc = ["body"]
 
 
+class BodyTimeout(StarletteHTTPException):
+    """Raised from `receive` when the body has not fully arrived `timeout_s` after the request
+    started (a slow or stalled client); 408, and the connection is closed after the answer."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s "
+            "(serve.limits.body_timeout_s); send it faster or in one piece",
+            headers={"Connection": "close"},
+        )
+        self.error_type = "body_timeout"
+        self.loc = ["body"]
+
+
 class BodyLimitMiddleware:
     """413 for a body over `limit` bytes: at once from Content-Length, and while streaming for
-    chunked bodies (or a Content-Length that lies), before the body is ever held whole."""
+    chunked bodies (or a Content-Length that lies), before the body is ever held whole.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    408 when the whole body has not arrived `timeout_s` after the request started: uvicorn has
+    no body-read timeout (`timeout_keep_alive` only covers idle connections), so without it a
+    client trickling a body byte by byte (slowloris) holds its connection, its task and the
+    batcher's arrival count forever. The deadline is for the whole body, not per chunk, so
+    trickling cannot extend it; reads after the body (disconnect checks) are not limited."""
+
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -217,14 +239,26 @@ class BodyLimitMiddleware:
                 break
         received = 0
         started = False
+        body_done = self.timeout_s is None
+        deadline = time.monotonic() + (self.timeout_s or 0.0)
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:
+                message = await receive()
+            else:
+                try:  # asyncio.timeout: no extra task per receive (wait_for makes one)
+                    async with asyncio.timeout(deadline - time.monotonic()):
+                        message = await receive()
+                except TimeoutError:
+                    raise BodyTimeout(float(self.timeout_s or 0.0)) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     raise BodyTooLarge(self.limit)
+                body_done = body_done or not message.get("more_body", False)
+            else:  # http.disconnect: nothing more will come
+                body_done = True
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -235,11 +269,13 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge as exc:  # raised outside FastAPI's body reading
+        except (BodyTooLarge, BodyTimeout) as exc:  # raised outside FastAPI's body reading
             if started:
                 raise
             response = error_response(
-                413, [{"loc": ["body"], "msg": exc.detail, "type": exc.error_type}]
+                exc.status_code,
+                [{"loc": ["body"], "msg": exc.detail, "type": exc.error_type}],
+                headers=dict(exc.headers) if exc.headers else None,
             )
             await response(scope, receive, send)
 
@@ -350,6 +386,16 @@ class ServeState:
                 type_="inference_error",
             ) from None
 
+    async def confirm_logged(self, seq: int | None) -> None:
+        """With serve.request_log.durable, answer only once the record's rows are committed
+        (or dropped and counted), so a crash cannot lose the log row of an answered request.
+        The wait is bounded: past it the answer goes out and the row stays queued (counted)."""
+        cfg = self.settings.request_log
+        if self.reqlog is None or not cfg.durable or seq is None:
+            return
+        if await self.reqlog.wait_written(seq, cfg.durable_timeout_ms / 1000.0) is None:
+            self.metrics.log_unconfirmed.inc()
+
     def log_request(
         self,
         request_id: str,
@@ -358,9 +404,10 @@ class ServeState:
         info: ModelInfo,
         papers: Sequence[tuple[str, str]],
         predictions: Sequence[PaperPrediction],
-    ) -> None:
+    ) -> int | None:
+        """Queue the request's log rows; the record's sequence number for `confirm_logged`."""
         if self.reqlog is None:
-            return
+            return None
         from paperops.serve.reqlog import PaperLogRow, RequestRecord
 
         rows = [
@@ -375,7 +422,7 @@ class ServeState:
             )
             for i, ((title, abstract), p) in enumerate(zip(papers, predictions, strict=True))
         ]
-        self.reqlog.log(
+        return self.reqlog.put(
             RequestRecord(
                 request_id=request_id,
                 ts=time.time(),
@@ -468,6 +515,7 @@ def create_app(
         generator=generator,
         error=generator_error,
         reqlog=lambda: state.reqlog,
+        confirm_logged=state.confirm_logged,
     )
     state.generator = gen_state
     schemas = state.schemas
@@ -522,7 +570,9 @@ def create_app(
 
     # innermost first: arrivals -> body limit -> CORS -> metrics (outermost)
     app.add_middleware(ArrivalsMiddleware, state=state)
-    app.add_middleware(BodyLimitMiddleware, limit=limits.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, limit=limits.max_body_bytes, timeout_s=limits.body_timeout_s
+    )
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -539,6 +589,10 @@ def create_app(
         422: {"model": S.ErrorResponse, "description": "Invalid input: field and rule in detail."},
         413: {"model": S.ErrorResponse, "description": "Body over serve.limits.max_body_bytes."},
         415: {"model": S.ErrorResponse, "description": "Content-Type is not application/json."},
+        408: {
+            "model": S.ErrorResponse,
+            "description": "Body not received within serve.limits.body_timeout_s.",
+        },
     }
     busy: dict[int | str, dict[str, Any]] = {
         503: {
@@ -655,7 +709,8 @@ def create_app(
             for paper, p in zip(body.papers, result.predictions, strict=True)  # type: ignore[attr-defined]
         ]
         metrics.observe_papers((len(t) + len(a) for t, a in papers), result.predictions)
-        state.log_request(request_id, "/v1/classify", start, info, papers, result.predictions)
+        seq = state.log_request(request_id, "/v1/classify", start, info, papers, result.predictions)
+        await state.confirm_logged(seq)
         return JSONResponse(
             {
                 "request_id": request_id,
@@ -680,7 +735,10 @@ def create_app(
         p = result.predictions[0]
         request_id = new_request_id()
         metrics.observe_papers([len(paper[0]) + len(paper[1])], result.predictions)
-        state.log_request(request_id, "/predict", start, result.info, [paper], result.predictions)
+        seq = state.log_request(
+            request_id, "/predict", start, result.info, [paper], result.predictions
+        )
+        await state.confirm_logged(seq)
         return JSONResponse(
             {
                 "top_category": p.label,
@@ -732,13 +790,15 @@ def create_app(
                 type_="unknown_request",
             )
         index = body.index  # type: ignore[attr-defined]
-        if not reqlog.feedback(FeedbackRecord(request_id, index, label, time.time())):
+        seq = reqlog.put(FeedbackRecord(request_id, index, label, time.time()))
+        if seq is None:
             raise ApiError(
                 503,
                 "the request log is full right now; retry later",
                 type_="log_full",
                 headers={"Retry-After": str(settings.batching.retry_after_s)},
             )
+        await state.confirm_logged(seq)
         metrics.feedback.inc()
         return JSONResponse(
             {"status": "accepted", "request_id": request_id, "index": index, "label": label},

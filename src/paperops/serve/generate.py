@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -184,6 +184,7 @@ class GeneratorState:
         generator: LoadedGenerator | None = None,
         error: str | None = None,
         reqlog: Callable[[], Any] = lambda: None,
+        confirm_logged: Callable[[int | None], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -194,6 +195,7 @@ class GeneratorState:
         self.error = error
         self.loading = False
         self.reqlog = reqlog
+        self.confirm_logged = confirm_logged
         self._task: asyncio.Task[None] | None = None
         metrics.bind_generation(
             lambda: self.engine.active if self.engine else 0,
@@ -285,6 +287,11 @@ class GeneratorState:
 
     # -- requests --
 
+    async def logged(self, ctx: dict[str, Any]) -> None:
+        """Wait (bounded) for the generation's log row to be committed before answering."""
+        if self.confirm_logged is not None:
+            await self.confirm_logged(ctx.get("log_seq"))
+
     def ready(self) -> tuple[LoadedGenerator, Any]:
         from paperops.serve.app import ApiError
 
@@ -356,7 +363,8 @@ class GeneratorState:
         from paperops.serve.reqlog import GenerationRecord
 
         status = {"cancelled": STATUS_CANCELLED, "error": 500}.get(result.finish_reason, 200)
-        reqlog.generation(
+        # read by the handler once the result is out: it answers after the row is committed
+        ctx["log_seq"] = reqlog.put(
             GenerationRecord(
                 request_id=str(ctx.get("request_id", "")),
                 ts=time.time(),
@@ -556,6 +564,10 @@ def make_generation_router(settings: GeneratorSettings) -> APIRouter:
         422: {"model": ErrorResponse, "description": "Invalid input: field and rule in detail."},
         413: {"model": ErrorResponse, "description": "Body over serve.limits.max_body_bytes."},
         415: {"model": ErrorResponse, "description": "Content-Type is not application/json."},
+        408: {
+            "model": ErrorResponse,
+            "description": "Body not received within serve.limits.body_timeout_s.",
+        },
         503: {
             "model": ErrorResponse,
             "description": "No language model loaded, shutting down, or the generation queue is "
@@ -657,6 +669,7 @@ def make_generation_router(settings: GeneratorSettings) -> APIRouter:
         headers = {"X-Request-ID": request_id}
         if not stream:
             result = await wait_result(request, handle)
+            await gs.logged(ctx)
             if result.finish_reason == "error":
                 raise failed(result)
             body_out = response_body(request_id, gen, prompt, ctx.get("text", ""), result)
@@ -673,6 +686,7 @@ def make_generation_router(settings: GeneratorSettings) -> APIRouter:
                     elif value.finish_reason == "error":
                         yield _sse("error", {"detail": failed(value).message})
                     else:
+                        await gs.logged(ctx)
                         text = ctx.get("text", "")
                         yield _sse("done", response_body(request_id, gen, prompt, text, value))
             finally:
@@ -717,6 +731,7 @@ def make_generation_router(settings: GeneratorSettings) -> APIRouter:
         ctx = {"request_id": request_id, "route": "/infer", "prompt": prompt, "gen": gen}
         handle = gs.submit(engine, ids, params, ctx)
         result = await wait_result(request, handle)
+        await gs.logged(ctx)
         if result.finish_reason == "error":
             raise failed(result)
         return JSONResponse(

@@ -70,7 +70,7 @@ def running_process(
     proc_env = os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {})
     with log_path.open("wb") as log:
         # the command is built by the caller (our own CLI or benchmark), never from user input
-        proc = subprocess.Popen(  # noqa: S603
+        proc = subprocess.Popen(  # noqa: S603  # nosec B603 # our own CLI's argv, no shell
             list(cmd), cwd=cwd, env=proc_env, stdout=log, stderr=subprocess.STDOUT
         )
         try:

@@ -56,6 +56,24 @@ def _local_dir(
     return None if model is None else Path(model)
 
 
+def check_local_dirs(
+    cfg: Any,
+    model: Path | None = None,
+    ref: str | None = None,
+    *,
+    generator: Path | None = None,
+) -> None:
+    """Raise ModelLoadError if the directory named by `--model` / `serve.model` (or by
+    `--generator`, which makes the language model required) does not exist: a typo in the
+    command line or the config, which no amount of waiting fixes. `paperops serve --wait-ready`
+    checks this before it listens, so it exits 2 like `--fail-fast` instead of idling unready."""
+    _local_dir(cfg, model, ref, "serve.model", "--model", "a bundle or export directory")
+    if generator is not None and not Path(generator).exists():
+        raise ModelLoadError(
+            f"--generator {generator} does not exist; pass an LM bundle or export directory"
+        )
+
+
 def _from_registry(cfg: Any, ref: str, runtime: str, threads: int | None) -> Predictor:
     try:
         from mlflow.exceptions import MlflowException

@@ -126,6 +126,12 @@ class ServeMetrics:
             "Request-log rows dropped because the writer's queue was full (or it failed).",
             registry=r,
         )
+        self.log_unconfirmed = Counter(
+            "paperops_request_log_unconfirmed",
+            "Answers sent before their request-log rows were committed: the durable wait "
+            "(serve.request_log.durable_timeout_ms) ran out; the rows stay queued.",
+            registry=r,
+        )
         self.feedback = Counter(
             "paperops_feedback", "True labels received through /v1/feedback.", registry=r
         )

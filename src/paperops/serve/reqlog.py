@@ -14,12 +14,19 @@ Guarantees, in order of importance:
    rows, is logged at most every `ERROR_LOG_INTERVAL_S`, and the writer keeps going: it recovers
    by itself once the database works again.
 3. `close()` writes everything still queued before it returns (bounded by its timeout).
+4. Durable answers (the API's default, `serve.request_log.durable`): a handler awaits
+   `wait_written(seq)` before it answers, so a response is only sent once its rows are committed
+   (or dropped and counted, or the bounded wait ran out). A kill -9 then loses no row of an
+   answered request. Waiters make the writer skip its linger: requests that arrive while one
+   transaction commits share the next one (group commit), so the cost is one commit, not a queue.
 
 A "row" is one database row: a request record is 1 + len(papers) rows, a feedback record 1.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -317,6 +324,13 @@ class RequestLog:
         self._errors_since_logged = 0
         self._recent: set[str] = set()
         self._recent_order: deque[str] = deque()
+        # Records are numbered in queue order and written in that order, so "every record up
+        # to seq N is resolved" is one integer; waiters are (seq, loop, future) of async handlers.
+        self._seq = 0
+        self._resolved = 0
+        self._taken = 0
+        self._failed: deque[tuple[int, int]] = deque(maxlen=64)  # seq ranges of dropped batches
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[bool]]] = []
 
     # -- lifecycle --
 
@@ -361,6 +375,7 @@ class RequestLog:
             self._pending_rows -= rows
         if rows:
             self._drop(rows)
+        self._resolve(self._seq, ok=False)  # nobody waits for a writer that is gone
         if self._engine is not None and (thread is None or not thread.is_alive()):
             self._engine.dispose()
 
@@ -372,18 +387,39 @@ class RequestLog:
 
     # -- producers (any thread, never block) --
 
+    def put(self, record: Record) -> int | None:
+        """Queue any record; its sequence number (for `wait_written`), None when it was
+        dropped (queue full or log closed)."""
+        if isinstance(record, RequestRecord):
+            self._remember(record.request_id)
+        return self._put(record)
+
     def log(self, record: RequestRecord) -> bool:
         """Queue a request record; False when it was dropped (queue full or log closed)."""
-        self._remember(record.request_id)
-        return self._put(record)
+        return self.put(record) is not None
 
     def generation(self, record: GenerationRecord) -> bool:
         """Queue a generation record; False when it was dropped (queue full or log closed)."""
-        return self._put(record)
+        return self.put(record) is not None
 
     def feedback(self, fb: FeedbackRecord) -> bool:
         """Queue a feedback record; False when it was dropped (queue full or log closed)."""
-        return self._put(fb)
+        return self.put(fb) is not None
+
+    async def wait_written(self, seq: int | None, timeout: float) -> bool | None:
+        """Wait until record `seq` is resolved: True once committed, False when it was dropped
+        (or never queued: seq None), None when `timeout` seconds passed first (it stays queued)."""
+        if seq is None:
+            return False
+        loop = asyncio.get_running_loop()
+        with self._cond:
+            if seq <= self._resolved:
+                return not any(lo <= seq <= hi for lo, hi in self._failed)
+            fut: asyncio.Future[bool] = loop.create_future()
+            self._waiters.append((seq, loop, fut))
+            self._cond.notify()  # a lingering writer writes now
+        done, _ = await asyncio.wait({fut}, timeout=timeout)
+        return fut.result() if done else None
 
     def has_request(self, request_id: str) -> bool:
         """Whether this request id was served: recent ids of this process first, then the DB
@@ -439,20 +475,37 @@ class RequestLog:
             if len(self._recent_order) > RECENT_IDS:
                 self._recent.discard(self._recent_order.popleft())
 
-    def _put(self, record: Record) -> bool:
+    def _put(self, record: Record) -> int | None:
         n = record.rows
         with self._cond:
             if not self._closed and self._pending_rows + n <= self.queue_size:
                 self._items.append(record)
                 self._pending_rows += n
                 self._queued_rows += n
+                self._seq += 1
                 # Wake the writer only when it idles or a batch is full: waking it per record
                 # makes it fight the event loop for the GIL (halved throughput when measured).
                 if self._idle or self._queued_rows >= self.batch_size:
                     self._cond.notify()
-                return True
+                return self._seq
         self._drop(n)
-        return False
+        return None
+
+    def _resolve(self, through: int, *, ok: bool) -> None:
+        """Records up to `through` are written (ok) or dropped: wake their waiters, one
+        thread-safe call per event loop."""
+        with self._cond:
+            self._resolved = max(self._resolved, through)
+            ready = [w for w in self._waiters if w[0] <= through]
+            if not ready:
+                return
+            self._waiters = [w for w in self._waiters if w[0] > through]
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[bool]]] = {}
+        for _, loop, fut in ready:
+            by_loop.setdefault(loop, []).append(fut)
+        for loop, futs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(_set_results, futs, ok)
 
     def _drop(self, n: int) -> None:
         with self._cond:
@@ -476,7 +529,7 @@ class RequestLog:
             # Linger a little for a fuller batch: one transaction per ~50 ms instead of one per
             # request. close() sets _stopping and notifies, which ends the wait at once.
             deadline = time.monotonic() + self.linger_s
-            while self._queued_rows < self.batch_size and not self._stopping:
+            while self._queued_rows < self.batch_size and not self._stopping and not self._waiters:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -488,6 +541,7 @@ class RequestLog:
                 batch.append(rec)
                 rows += rec.rows
             self._queued_rows -= rows
+            self._taken = self._seq - len(self._items)  # the seq of this batch's last record
             return batch
 
     def _run(self) -> None:
@@ -496,11 +550,15 @@ class RequestLog:
             if batch is None:
                 return
             rows = sum(r.rows for r in batch)
+            last = self._taken
             try:
                 self._write(batch)
             except Exception as e:  # any failure: drop this batch, keep the thread alive
                 self._fail(rows, e)
+                self._failed.append((last - len(batch) + 1, last))
+                self._resolve(last, ok=False)
             else:
+                self._resolve(last, ok=True)
                 with self._cond:
                     self._written += rows
                 self._last_error = None
@@ -758,3 +816,9 @@ def latest_drift_report(url: str) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     return None if row is None else dict(row[0])
+
+
+def _set_results(futs: list[asyncio.Future[bool]], ok: bool) -> None:
+    for fut in futs:
+        if not fut.done():
+            fut.set_result(ok)

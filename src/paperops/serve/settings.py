@@ -60,6 +60,7 @@ class Limits:
     max_top_k: int = 20
     default_top_k: int = 3
     max_body_bytes: int = 1_048_576
+    body_timeout_s: float = 30.0  # the whole body must arrive within this (slow clients: 408)
 
     def __post_init__(self) -> None:
         _int("limits.max_papers", self.max_papers, 1)
@@ -69,6 +70,7 @@ class Limits:
         _int("limits.max_top_k", self.max_top_k, 1)
         _int("limits.default_top_k", self.default_top_k, 1)
         _int("limits.max_body_bytes", self.max_body_bytes, 1024)
+        _number("limits.body_timeout_s", self.body_timeout_s, 0.1)
         if self.default_top_k > self.max_top_k:
             raise SettingsError(
                 f"serve.limits.default_top_k ({self.default_top_k}) must be <= "
@@ -84,6 +86,8 @@ class RequestLogSettings:
     queue_size: int = 10_000
     batch_size: int = 256
     store_text: bool = True
+    durable: bool = True
+    durable_timeout_ms: float = 1000.0
 
     def __post_init__(self) -> None:
         if self.url is not None and not isinstance(self.url, str):
@@ -92,10 +96,12 @@ class RequestLogSettings:
             object.__setattr__(self, "url", None)
         _int("request_log.queue_size", self.queue_size, 1)
         _int("request_log.batch_size", self.batch_size, 1)
-        if not isinstance(self.store_text, bool):
-            raise SettingsError(
-                f"serve.request_log.store_text must be true/false; got {self.store_text!r}"
-            )
+        for name in ("store_text", "durable"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingsError(
+                    f"serve.request_log.{name} must be true/false; got {getattr(self, name)!r}"
+                )
+        _number("request_log.durable_timeout_ms", self.durable_timeout_ms, 1)
 
     @property
     def enabled(self) -> bool:
