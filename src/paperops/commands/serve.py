@@ -41,6 +41,7 @@ def run_server(
     port: int,
     *,
     timeout_graceful_shutdown: float = 10.0,
+    timeout_keep_alive: float = 5.0,
     access_log: bool = False,
     on_started: Any = None,
 ) -> None:
@@ -58,6 +59,7 @@ def run_server(
         log_config=None,
         access_log=access_log,
         timeout_graceful_shutdown=int(max(1, round(timeout_graceful_shutdown))),
+        timeout_keep_alive=int(max(1, round(timeout_keep_alive))),
         lifespan="on",
     )
     server = uvicorn.Server(config)
@@ -201,6 +203,7 @@ def register(app: typer.Typer) -> None:
             settings.host,
             settings.port,
             timeout_graceful_shutdown=settings.shutdown_timeout_s,
+            timeout_keep_alive=settings.keep_alive_s,
             access_log=access_log,
             on_started=started,
         )

@@ -201,6 +201,7 @@ class ServeSettings:
     cors_origins: tuple[str, ...] = ()
     benchmark_endpoints: bool = False
     shutdown_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
     drift_refresh_s: float = 15.0  # how often the latest drift report is re-read from the log
 
     def __post_init__(self) -> None:
@@ -224,6 +225,7 @@ class ServeSettings:
         if not isinstance(self.benchmark_endpoints, bool):
             raise SettingsError("serve.benchmark_endpoints must be true/false")
         _number("shutdown_timeout_s", self.shutdown_timeout_s, 0.0)
+        _number("keep_alive_s", self.keep_alive_s, 1.0)
         _number("drift_refresh_s", self.drift_refresh_s, 0.0)
         if self.batching.queue_size < self.limits.max_papers:
             raise SettingsError(
