@@ -1,7 +1,7 @@
 """Dependency audit of requirements/lock.txt against PyPI's vulnerability data (pip-audit).
 
     python scripts/audit.py [--lock requirements/lock.txt]
-        [--ignore configs/security/audit-ignore.yaml] [--out reports/security]
+        [--ignore requirements/audit-ignore.yaml] [--out reports/security]
 
 Runs `pip-audit -r LOCK --no-deps --disable-pip --vulnerability-service pypi` (no resolver, no
 virtualenv, nothing but https://pypi.org). Where PyPI's per-version JSON API does not answer for a
@@ -205,7 +205,7 @@ def audit(lock: Path, ignore_path: Path, out: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lock", type=Path, default=REPO / "requirements/lock.txt")
-    ap.add_argument("--ignore", type=Path, default=REPO / "configs/security/audit-ignore.yaml")
+    ap.add_argument("--ignore", type=Path, default=REPO / "requirements/audit-ignore.yaml")
     ap.add_argument("--out", type=Path, default=REPO / "reports/security")
     args = ap.parse_args(argv)
     if not args.lock.is_file():

@@ -4,6 +4,7 @@ and a LightningModule base that computes the loss and the per-epoch validation m
 `configs/trainer/*.yaml` is the contract: `build_trainer` turns those keys into callbacks
 (best checkpoint + last, early stopping, progress bar) and Trainer arguments; any other key must
 be a real `lightning.Trainer` argument (e.g. `num_sanity_val_steps`), so a typo fails loudly.
+`resume: true` continues from `<work_dir>/checkpoints/last.ckpt` (see `fit_module`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import inspect
 import logging
 import os
+import random
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -21,7 +23,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ClassificationModule",
+    "ResumeState",
     "balanced_class_weights",
     "build_trainer",
     "check_fit_splits",
@@ -46,7 +49,8 @@ __all__ = [
 ]
 
 # trainer-config keys that are ours, not Trainer arguments
-_OWN_KEYS = frozenset({"monitor", "mode", "patience", "num_threads", "defaults"})
+_OWN_KEYS = frozenset({"monitor", "mode", "patience", "num_threads", "resume", "defaults"})
+LAST_CHECKPOINT = "last.ckpt"
 _TRAINER_ARGS = frozenset(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
 _NOISY_WARNINGS = (
     r".*does not have many workers.*",
@@ -110,8 +114,9 @@ def build_trainer(
     mode: str,
     callbacks: list[Any] | None = None,
 ) -> L.Trainer:
-    """A Trainer from a `configs/trainer` mapping: best-by-`monitor` + last checkpoints in
-    `ckpt_dir`, early stopping after `patience` epochs without improvement, TQDM progress."""
+    """A Trainer from a `configs/trainer` mapping: best-by-`monitor` + every epoch's last
+    checkpoint in `ckpt_dir`, early stopping after `patience` epochs without improvement, TQDM
+    progress."""
     if mode not in ("min", "max"):
         raise ValueError(f"trainer mode must be 'min' or 'max', got {mode!r}")
     unknown = sorted(set(trainer_cfg) - _OWN_KEYS - _TRAINER_ARGS)
@@ -132,6 +137,15 @@ def build_trainer(
             mode=mode,
             save_top_k=1,
             save_last=True,
+            enable_version_counter=False,
+        ),
+        # Lightning writes save_last only when the best improves; resume needs every epoch
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
         ),
         EarlyStopping(monitor=monitor, mode=mode, patience=int(trainer_cfg.get("patience", 3))),
     ]
@@ -208,6 +222,113 @@ class ClassificationModule(L.LightningModule):
         self.log("val_macro_f1", self.val_f1, on_step=False, on_epoch=True, prog_bar=True)
 
 
+class ResumeState(Callback):
+    """Puts what Lightning leaves out of a checkpoint into it, so a resumed run continues
+    exactly like an uninterrupted one: the python/numpy/torch RNG states (train shuffle and
+    dropout of the next epochs; also the train loader's own generator when it has one) and
+    whether early stopping had already ended the run.
+
+    Saved as tensors, lists and numbers only: checkpoints still load with weights_only=True.
+    Under DDP rank 0's states are saved and restored on every rank (all ranks are seeded alike).
+    """
+
+    def __init__(self, generators: list[torch.Generator] | None = None) -> None:
+        self.generators = list(generators or [])
+        self.trainer: L.Trainer | None = None
+        self._stopped = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        version, mt, gauss = random.getstate()
+        name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+        return {
+            "python": [version, list(mt), gauss],
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "generators": [g.get_state() for g in self.generators],
+            "stopped": bool(self.trainer is not None and self.trainer.should_stop),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Lightning calls this while restoring, before the train loader's first iterator
+        version, mt, gauss = state["python"]
+        random.setstate((version, tuple(mt), gauss))
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        for g, g_state in zip(self.generators, state["generators"], strict=False):
+            g.set_state(g_state)
+        self._stopped = bool(state.get("stopped", False))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._stopped:  # the fit loop checks should_stop before the next epoch
+            log.info("the checkpoint's run had already stopped early: nothing left to train")
+            trainer.should_stop = True
+
+
+def _loader_generators(loader: DataLoader) -> list[torch.Generator]:
+    """The train loader's own RNGs (e.g. `DataLoader(generator=...)`), each once."""
+    found: list[torch.Generator] = []
+    for g in (loader.generator, getattr(loader.sampler, "generator", None)):
+        if isinstance(g, torch.Generator) and all(g is not f for f in found):
+            found.append(g)
+    return found
+
+
+def resume_checkpoint(module: L.LightningModule, ckpt_dir: Path) -> Path | None:
+    """`ckpt_dir/last.ckpt` when it exists and fits `module`; None (with a warning) when there
+    is none; ValueError naming the file when it was written for another model or data."""
+    last = Path(ckpt_dir) / LAST_CHECKPOINT
+    if not last.is_file():
+        log.warning("trainer.resume=true but %s does not exist: starting a fresh run", last)
+        return None
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        saved = state["state_dict"]
+    except Exception as e:
+        raise ValueError(
+            f"cannot resume from {last} ({type(e).__name__}: {e}); delete it or run with "
+            "trainer.resume=false"
+        ) from e
+    expected = module.state_dict()
+    problems = (
+        sorted(set(expected) ^ set(saved))[:5]
+        + [
+            f"{k}: {tuple(saved[k].shape)} in the checkpoint, {tuple(v.shape)} now"
+            for k, v in expected.items()
+            if k in saved and tuple(saved[k].shape) != tuple(v.shape)
+        ][:5]
+    )
+    if problems:
+        raise ValueError(
+            f"cannot resume from {last}: it was written for another model or data set "
+            f"({'; '.join(map(str, problems))}). Delete {ckpt_dir} or run with "
+            "trainer.resume=false"
+        )
+    if int(os.environ.get("LOCAL_RANK", "0") or 0) == 0:
+        # a run killed after writing a new best checkpoint but before last.ckpt leaves one that
+        # the resumed run will write again: keep only what last.ckpt knows about
+        known = {last.resolve()}
+        for key, cb_state in state.get("callbacks", {}).items():
+            if str(key).startswith("ModelCheckpoint"):
+                known |= {Path(p).resolve() for p in cb_state.get("best_k_models", {})}
+        for ckpt in Path(ckpt_dir).glob("*.ckpt"):
+            if ckpt.resolve() not in known:
+                ckpt.unlink(missing_ok=True)
+    log.info(
+        "resuming from %s: epoch %d done, global step %d",
+        last,
+        int(state.get("epoch", -1)),
+        int(state.get("global_step", -1)),
+    )
+    return last
+
+
 def fit_module(
     module: ClassificationModule,
     train_loader: DataLoader,
@@ -220,6 +341,10 @@ def fit_module(
 ) -> dict[str, Any]:
     """Train with early stopping, then load the best checkpoint's weights back into `module`.
 
+    `trainer_cfg["resume"]`: continue from `ckpt_dir/last.ckpt` (weights, optimizer, epoch,
+    early-stopping and best-checkpoint state, RNG states), so the result equals an
+    uninterrupted run's; otherwise the old checkpoints are deleted and training starts afresh.
+
     Returns the fit summary (best epoch and score, epochs run, seconds, DDP ranks). Under DDP
     every rank returns here with the same best weights (the checkpoint path is broadcast and
     written before a barrier); only rank 0 should write outputs (`summary["global_rank"]`).
@@ -227,7 +352,12 @@ def fit_module(
     monitor = str(trainer_cfg.get("monitor", "val_macro_f1"))
     mode = str(trainer_cfg.get("mode", "max"))
     ckpt_dir = Path(ckpt_dir)
-    if int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 and ckpt_dir.is_dir():
+    resume_from = resume_checkpoint(module, ckpt_dir) if trainer_cfg.get("resume") else None
+    if (
+        resume_from is None
+        and int(os.environ.get("LOCAL_RANK", "0") or 0) == 0
+        and ckpt_dir.is_dir()
+    ):
         # a previous run's checkpoints would only take disk (and versioned names); other ranks
         # cannot have written any yet: the first checkpoint needs every rank's first epoch
         for old in ckpt_dir.glob("*.ckpt"):
@@ -238,11 +368,17 @@ def fit_module(
         ckpt_dir=ckpt_dir,
         monitor=monitor,
         mode=mode,
-        callbacks=callbacks,
+        callbacks=[ResumeState(_loader_generators(train_loader)), *(callbacks or [])],
     )
     start = time.perf_counter()
     with quiet_lightning():
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        trainer.fit(
+            module,
+            train_dataloaders=train_loader,
+            val_dataloaders=val_loader,
+            ckpt_path=resume_from,
+            weights_only=True,
+        )
     train_seconds = time.perf_counter() - start
     ckpt_cb = trainer.checkpoint_callback
     best_path = getattr(ckpt_cb, "best_model_path", "") or ""
@@ -263,6 +399,7 @@ def fit_module(
         "epochs_run": int(trainer.current_epoch),
         "train_seconds": round(train_seconds, 3),
         "best_checkpoint": best_path or None,
+        "resumed_from": str(resume_from) if resume_from else None,
         "world_size": int(trainer.world_size),
         "global_rank": int(trainer.global_rank),
         "ranks": list(module.seen_ranks),
