@@ -52,9 +52,10 @@ def serve_cli(
     *args: str,
     env: dict[str, str] | None = None,
     ready_timeout: float = 180.0,
+    ready_path: str = "/readyz",
 ) -> Iterator[str]:
     """`paperops serve ARGS <test overrides>` on 127.0.0.1:<free port>; yields the base URL
-    once /readyz is 200, then stops the server with SIGTERM and waits for it to exit. The
+    once `ready_path` is 200, then stops the server with SIGTERM and waits for it to exit. The
     server's output goes to `base/server.log`."""
     base.mkdir(parents=True, exist_ok=True)
     with running_server(
@@ -63,6 +64,7 @@ def serve_cli(
         cwd=base,
         log_path=base / "server.log",
         ready_timeout=ready_timeout,
+        ready_path=ready_path,
     ) as url:
         yield url
 

@@ -11,9 +11,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from paperops.serve.launcher import free_port, paperops_command, running_process
 from tests.integration.gen_helpers import metric_value
-from tests.integration.serve_helpers import TEST_ENV, cli_overrides
+from tests.integration.serve_helpers import serve_cli
 
 __all__ = ["metric_value", "serve_unready", "server_errors", "wait_for"]
 
@@ -25,20 +24,8 @@ def serve_unready(
     """`paperops serve --wait-ready ARGS <test overrides>`; yields the base URL as soon as
     /healthz answers (not /readyz: the point is a server that may never become ready).
     Output goes to `base/server.log`; stopped with SIGTERM on exit."""
-    base.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    cmd = [
-        *paperops_command(), "serve", "--wait-ready", "--host", "127.0.0.1", "--port", str(port),
-        *args, *cli_overrides(base),
-    ]  # fmt: skip
-    with running_process(
-        cmd,
-        f"http://127.0.0.1:{port}",
-        ready_path="/healthz",
-        env=TEST_ENV | (env or {}),
-        cwd=base,
-        log_path=base / "server.log",
-        ready_timeout=ready_timeout,
+    with serve_cli(
+        base, "--wait-ready", *args, env=env, ready_timeout=ready_timeout, ready_path="/healthz"
     ) as url:
         yield url
 
