@@ -819,20 +819,33 @@ def test_bandit_is_clean_and_every_nosec_is_justified() -> None:
 # --- dependency audit ---------------------------------------------------------------------
 
 
-def test_pip_audit_of_the_lock_file(tmp_path: Path) -> None:
+@pytest.fixture(scope="module", autouse=True)
+def audit_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """scripts/audit.py started when this module starts: it waits on PyPI, not the CPU, so it
+    runs while the other tests here do; `test_pip_audit_of_the_lock_file` collects it."""
+    out = tmp_path_factory.mktemp("audit")
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts/audit.py"), "--out", str(out)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    yield proc, out
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+def test_pip_audit_of_the_lock_file(audit_run: tuple[subprocess.Popen, Path]) -> None:
     """scripts/audit.py against PyPI's vulnerability data: no vulnerability outside the reviewed
     ignore list. Skips only when PyPI cannot be reached."""
+    proc, out = audit_run
     try:
         httpx.get("https://pypi.org/pypi/pip/json", timeout=15, follow_redirects=True)
     except httpx.HTTPError as e:
         pytest.skip(f"PyPI (https://pypi.org) is unreachable ({e}): the dependency audit needs it")
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts/audit.py"), "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    stdout, stderr = proc.communicate(timeout=300)
     if proc.returncode == 2:
-        pytest.skip(f"PyPI could not be reached during the audit: {proc.stderr.strip()[-300:]}")
-    assert (tmp_path / "pip-audit.json").is_file(), proc.stdout + proc.stderr
-    summary = (tmp_path / "summary.md").read_text()
-    assert proc.returncode == 0, summary + proc.stderr[-2000:]
+        pytest.skip(f"PyPI could not be reached during the audit: {stderr.strip()[-300:]}")
+    assert (out / "pip-audit.json").is_file(), stdout + stderr
+    summary = (out / "summary.md").read_text()
+    assert proc.returncode == 0, summary + stderr[-2000:]
     assert "unreviewed vulnerabilities: 0" in summary, summary
