@@ -43,3 +43,16 @@ def write_result(name: str, data: object) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+def run_stamp(device: str | None = None) -> dict[str, str]:
+    """When and on what a result was measured: the page quotes it next to the figures."""
+    import platform
+    from datetime import UTC, datetime
+
+    where = f"{device}, " if device else ""
+    return {
+        "measured": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, {where}"
+        f"python {platform.python_version()}",
+    }

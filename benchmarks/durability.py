@@ -11,13 +11,11 @@ level, default 10).
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, write_result
+from benchmarks.common import REPO, run_stamp, write_result
 from benchmarks.serve import _load, _papers, _write_bodies
 from paperops.serve.launcher import running_server
 
@@ -59,9 +57,7 @@ def run() -> dict[str, Any]:
                             flush=True,
                         )
     result = {
-        "measured": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
-        f"python {platform.python_version()}",
+        **run_stamp(),
         "seconds_per_level": SECONDS,
         "rows": rows,
     }

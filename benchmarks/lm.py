@@ -15,15 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, RESULTS, write_result
+from benchmarks.common import REPO, RESULTS, run_stamp, write_result
 from paperops.serve.launcher import free_port, running_process, running_server
 
 NEW_TOKENS = 64
@@ -214,9 +212,7 @@ def run() -> dict[str, Any]:
         json.loads((RESULTS / "lm.json").read_text()) if (RESULTS / "lm.json").is_file() else {}
     )
     result: dict[str, Any] = {
-        "measured": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
-        f"{'cuda' if torch.cuda.is_available() else 'cpu'}, python {platform.python_version()}",
+        **run_stamp("cuda" if torch.cuda.is_available() else "cpu"),
         "models": previous.get("models", {}),
         "throughput": previous.get("throughput", []),
     }

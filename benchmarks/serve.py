@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, measure, write_result
+from benchmarks.common import REPO, measure, run_stamp, write_result
 from paperops.serve.launcher import free_port, running_process, running_server
 
 LEVELS = [int(x) for x in os.environ.get("PAPEROPS_BENCH_SERVE_LEVELS", "1,8,32,64").split(",")]
@@ -191,9 +189,7 @@ def run() -> dict[str, Any]:
                     )
     export = json.loads((models["embedding"][1] / "export.json").read_text())
     result = {
-        "measured": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
-        f"python {platform.python_version()}",
+        **run_stamp(),
         "seconds_per_level": SECONDS,
         "offline": offline,
         "export_parity": export.get("parity"),
