@@ -158,11 +158,3 @@ def db_rows(path: Path, sql: str, *params: object) -> list[tuple]:
         return con.execute(sql, params).fetchall()
     finally:
         con.close()
-
-
-def metric(text: str, name: str) -> float:
-    """The value of an unlabelled sample in a /metrics page (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0

@@ -23,14 +23,13 @@ import pytest
 
 from paperops.serve.reqlog import RequestLog
 from tests.conftest import DEFAULT_COUNTS, make_records
-from tests.integration.gen_helpers import build_tiny_lm
+from tests.integration.gen_helpers import build_tiny_lm, metric_value
 from tests.reliability.load import run_load
 from tests.reliability.server import (
     CLEAN_EXIT,
     ServerProcess,
     db_rows,
     log_overrides,
-    metric,
     running,
 )
 
@@ -129,12 +128,12 @@ def test_a_read_only_log_drops_rows_but_serving_goes_on(
         deadline = time.monotonic() + 30  # the last batch may still be failing
         while time.monotonic() < deadline:
             text = http.get("/metrics").text
-            if metric(text, "paperops_request_log_dropped_total") >= expected:
+            if metric_value(text, "paperops_request_log_dropped_total") >= expected:
                 break
             time.sleep(0.1)
-        assert metric(text, "paperops_request_log_dropped_total") == expected
-        assert metric(text, "paperops_request_log_written_total") == 0
-        assert metric(text, "paperops_request_log_unconfirmed_total") == 0
+        assert metric_value(text, "paperops_request_log_dropped_total") == expected
+        assert metric_value(text, "paperops_request_log_written_total") == 0
+        assert metric_value(text, "paperops_request_log_unconfirmed_total") == 0
     assert "readonly" in server.tail(20_000).lower()
     assert db_rows(db, "SELECT count(*) FROM requests")[0][0] == 0
 
@@ -156,7 +155,7 @@ def test_a_full_disk_drops_rows_but_serving_goes_on(
             r = http.post("/v1/classify", json={"papers": batch})
             assert r.status_code == 200, r.text
             answered += 1
-            dropped = metric(http.get("/metrics").text, "paperops_request_log_dropped_total")
+            dropped = metric_value(http.get("/metrics").text, "paperops_request_log_dropped_total")
             if dropped:
                 break
         assert dropped > 0, "the file-size limit was never reached"
@@ -164,8 +163,8 @@ def test_a_full_disk_drops_rows_but_serving_goes_on(
             assert http.post("/predict", json=p).status_code == 200
         assert http.get("/readyz").status_code == 200
         text = http.get("/metrics").text
-        written = metric(text, "paperops_request_log_written_total")
-        lost = metric(text, "paperops_request_log_dropped_total")
+        written = metric_value(text, "paperops_request_log_written_total")
+        lost = metric_value(text, "paperops_request_log_dropped_total")
     assert "full" in server.tail(20_000).lower()
     # what was committed before the disk filled up is intact and readable
     assert integrity(db) == "ok"

@@ -22,14 +22,13 @@ import httpx
 import pytest
 
 from tests.conftest import DEFAULT_COUNTS, make_records
-from tests.integration.gen_helpers import build_tiny_lm
+from tests.integration.gen_helpers import build_tiny_lm, metric_value
 from tests.reliability.load import run_load, summary
 from tests.reliability.server import (
     CLEAN_EXIT,
     ServerProcess,
     db_rows,
     log_overrides,
-    metric,
     running,
 )
 
@@ -113,8 +112,8 @@ def test_soak_mixed_traffic(tfidf_bundle: Path, tmp_path: Path) -> None:
         "generations_logged": db_rows(db, "SELECT count(*) FROM generations")[0][0],
         "feedback_answered": len(feedback),
         "feedback_logged": db_rows(db, "SELECT count(*) FROM feedback")[0][0],
-        "dropped_rows": metric(metrics, "paperops_request_log_dropped_total"),
-        "unconfirmed": metric(metrics, "paperops_request_log_unconfirmed_total"),
+        "dropped_rows": metric_value(metrics, "paperops_request_log_dropped_total"),
+        "unconfirmed": metric_value(metrics, "paperops_request_log_unconfirmed_total"),
     }
     print("soak:", json.dumps(figures))
     if report := os.environ.get("PAPEROPS_SOAK_REPORT"):
