@@ -14,14 +14,11 @@ import signal
 import sqlite3
 import subprocess
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-import httpx
-
-from paperops.serve.launcher import free_port, paperops_command
+from paperops.serve.launcher import ServerStartError, free_port, paperops_command, wait_ready
 from tests.integration.serve_helpers import TEST_ENV
 
 # uvicorn re-raises SIGTERM once its graceful shutdown is done, so a clean stop ends with -15
@@ -74,18 +71,12 @@ class ServerProcess:
         )
         self._drain = threading.Thread(target=self._copy_output, args=(self.proc.stdout,))
         self._drain.start()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                self._drain.join(10)
-                raise RuntimeError(f"the server exited ({self.proc.returncode}):\n{self.tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + ready_path, timeout=2.0).status_code == 200:
-                    return self.url
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"not ready after {timeout:.0f} s:\n{self.tail()}")
-            time.sleep(0.1)
+        try:
+            wait_ready(self.proc, self.url + ready_path, timeout=timeout, tail=self.tail)
+        except ServerStartError:
+            self.kill()  # also waits for the output to be copied
+            raise
+        return self.url
 
     def _copy_output(self, stream: IO[bytes] | None) -> None:
         if stream is None:

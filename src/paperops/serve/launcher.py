@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -41,6 +41,28 @@ def _tail(path: Path, n: int = 4000) -> str:
         return path.read_text(errors="replace")[-n:]
     except OSError:
         return ""
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes],
+    url: str,
+    *,
+    timeout: float,
+    tail: Callable[[], str],
+    name: str = "the server",
+) -> None:
+    """Poll `url` until it answers 200; ServerStartError (with `tail()` of the output) when the
+    process exits first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise ServerStartError(f"{name} exited with {proc.returncode}:\n{tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise ServerStartError(f"{name} not ready after {timeout:.0f} s:\n{tail()}")
+        time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -74,20 +96,13 @@ def running_process(
             list(cmd), cwd=cwd, env=proc_env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
-            deadline = time.monotonic() + ready_timeout
-            while True:
-                if proc.poll() is not None:
-                    raise ServerStartError(
-                        f"{cmd[0]} exited with {proc.returncode}:\n{_tail(log_path)}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(base_url + ready_path, timeout=2.0).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise ServerStartError(
-                        f"{cmd[0]} not ready after {ready_timeout:.0f} s:\n{_tail(log_path)}"
-                    )
-                time.sleep(0.2)
+            wait_ready(
+                proc,
+                base_url + ready_path,
+                timeout=ready_timeout,
+                tail=lambda: _tail(log_path),
+                name=cmd[0],
+            )
             yield base_url
         finally:
             if proc.poll() is None:
