@@ -70,7 +70,7 @@ SCALES: dict[str, dict[str, list[str]]] = {
 def _quality(work: Path, scale: str) -> dict[str, Any]:
     from paperops.config import load_config
     from paperops.data.corpus import CorpusConfig, prepare_corpus
-    from paperops.jobs import evaluate_bundle
+    from paperops.evaluate import evaluate_bundle
     from paperops.models.base import ModelLoadError
     from paperops.train import train
 

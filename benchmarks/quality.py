@@ -100,7 +100,7 @@ def run() -> dict[str, Any]:
     import torch
 
     from paperops.config import load_config
-    from paperops.jobs import evaluate_bundle
+    from paperops.evaluate import evaluate_bundle
     from paperops.train import train
 
     scale = os.environ.get("PAPEROPS_BENCH_SCALE") or (

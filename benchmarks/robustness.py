@@ -143,7 +143,7 @@ def score(
     given mean top-label confidence and ECE (15 bins)."""
     from sklearn.metrics import f1_score
 
-    from paperops.calibrate import expected_calibration_error
+    from paperops.uncertainty.calibrate import expected_calibration_error
 
     if not len(y):  # e.g. an empty period slice on tiny data: no score, not NaN (strict JSON)
         return {"n": 0, "accuracy": None, "macro_f1": None}
@@ -180,8 +180,8 @@ def paired_delta_ci(
 
 def _predict(model: Any, calibration: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(argmax predictions, calibrated probabilities): what the API's Predictor returns."""
-    from paperops.calibrate import softmax
-    from paperops.evaluate import finite_logits
+    from paperops.uncertainty.calibrate import softmax
+    from paperops.uncertainty.calibration import finite_logits
 
     logits = finite_logits(model.logits(texts))
     probs = calibration.apply(logits)[0] if calibration is not None else softmax(logits)
@@ -388,7 +388,7 @@ def _run(
     import torch
 
     from paperops.data.datamodule import data_hash, read_labels, stratified_cap
-    from paperops.evaluate import Calibration
+    from paperops.uncertainty.calibration import Calibration
     from paperops.models.base import CALIBRATION_FILE, load_classifier
     from paperops.models.embedding import EmbeddingClassifier
 

@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 
 from paperops.serve.launcher import free_port, running_server
-from paperops.serve.runtime import ModelInfo, Predictor
+from paperops.inference.predictor import ModelInfo, Predictor
 from tests.conftest import CONFIG_DIR
 
 TEST_ENV = {

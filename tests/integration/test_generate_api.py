@@ -231,7 +231,7 @@ def test_concurrent_requests_share_decode_steps(gen_api: GenApi) -> None:
 def test_request_log_has_one_row_per_answered_generation(gen_api: GenApi) -> None:
     answered = gen_api.answered
     gen_api.stop()  # SIGTERM: the log is flushed before the process exits
-    from paperops.serve.reqlog import read_generations
+    from paperops.requestlog.queries import read_generations
 
     url = f"sqlite:///{gen_api.base / 'requests.db'}"
     rows = read_generations(url)
@@ -329,7 +329,7 @@ def test_a_full_generation_queue_is_503_with_retry_after(lm_bundle: Path) -> Non
 
 def test_background_load_and_a_required_generator_that_fails(lm_bundle: Path) -> None:
     from paperops.models.base import ModelLoadError
-    from paperops.serve.generate import load_generator
+    from paperops.inference.generator import load_generator
 
     def broken() -> Any:
         raise ModelLoadError("no LM here on purpose")

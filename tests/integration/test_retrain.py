@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from paperops.monitor.retrain import retrain
-from paperops.serve.reqlog import PaperLogRow, RequestLog, RequestRecord
+from paperops.requestlog.schema import PaperLogRow, RequestRecord
+from paperops.requestlog.writer import RequestLog
 from tests.integration.test_dvc_pipeline import CLASSES, _run, project  # noqa: F401
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from paperops.serve.reqlog import RequestLog
+from paperops.requestlog.writer import RequestLog
 from tests.conftest import DEFAULT_COUNTS, make_records
 from tests.integration.gen_helpers import build_tiny_lm, metric_value
 from tests.reliability.load import run_load

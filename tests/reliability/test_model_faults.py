@@ -128,7 +128,7 @@ def good(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Path]:
     """Read-only good models: the tfidf and embedding bundles and an fp32 ONNX export."""
-    from paperops.export import export_bundle
+    from paperops.export.classifier import export_bundle
 
     base = tmp_path_factory.mktemp("good_models")
     onnx = base / "onnx"

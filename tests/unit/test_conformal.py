@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from paperops.conformal import ConformalPredictor, min_calibration_size
+from paperops.uncertainty.conformal import ConformalPredictor, min_calibration_size
 
 K = 15
 METHODS = ["lac", "aps"]

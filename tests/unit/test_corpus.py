@@ -333,7 +333,7 @@ def cli() -> typer.Typer:
     """The real `paperops` app once cli.py registers the corpus commands; before that, an app
     with only `data` and the corpus commands (the global app is left alone)."""
     from paperops.cli import app, data_app
-    from paperops.commands.corpus import register
+    from paperops.cli.corpus import register
 
     if any(c.name == "prepare-corpus" for c in data_app.registered_commands):
         return app

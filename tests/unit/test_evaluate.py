@@ -13,25 +13,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from paperops.calibrate import softmax
-from paperops.conformal import ConformalPredictor
+from paperops.uncertainty.calibrate import softmax
+from paperops.uncertainty.conformal import ConformalPredictor
 from paperops.data.datamodule import EmptySplitError, TextSplit, load_splits_for_model
 from paperops.data.text import model_text
-from paperops.evaluate import (
-    ARTIFACTS,
-    SLICE_MIN_ECE,
-    BehaviouralConfig,
-    Calibration,
-    EvalConfig,
-    artifact_paths,
-    evaluate_classifier,
-    finite_logits,
-    fit_calibration,
-    length_bucket,
-    length_bucket_names,
-    slice_metrics,
-    year_of,
-)
+from paperops.evaluate.report import ARTIFACTS, artifact_paths
+from paperops.evaluate.slices import SLICE_MIN_ECE, length_bucket, length_bucket_names, slice_metrics, year_of
+from paperops.evaluate.classifier import BehaviouralConfig, EvalConfig, evaluate_classifier
+from paperops.uncertainty.calibration import Calibration, finite_logits, fit_calibration
 from paperops.models.tfidf import TfidfClassifier, TfidfConfig
 from tests.conftest import CONFIG_DIR
 

@@ -28,21 +28,14 @@ from typer.testing import CliRunner  # noqa: E402
 from paperops import export as export_mod  # noqa: E402
 from paperops.cli import app  # noqa: E402
 from paperops.data.datamodule import load_splits_for_model  # noqa: E402
-from paperops.export import (  # noqa: E402
-    EXPORT_FILE,
-    FFN_OUTPUT,
-    INT8_FILE,
-    MODEL_FILE,
-    ExportConfig,
-    ExportError,
-    bundle_fingerprint,
-    ensure_export,
-    export_bundle,
-    probe_texts,
-)
+from paperops.export import EXPORT_FILE
+from paperops.export.quantize import FFN_OUTPUT
+from paperops.export.common import INT8_FILE, MODEL_FILE, ExportConfig, ExportError, bundle_fingerprint, probe_texts
+from paperops.export.cache import ensure_export
+from paperops.export.classifier import export_bundle
 from paperops.models.base import ModelLoadError, load_classifier  # noqa: E402
-from paperops.serve.onnx_runtime import OnnxRuntime  # noqa: E402
-from paperops.serve.runtime import load_predictor  # noqa: E402
+from paperops.inference.onnx_classifier import OnnxRuntime  # noqa: E402
+from paperops.inference.predictor import load_predictor  # noqa: E402
 
 # Tiny models: every export here is loose on int8 (a 32-wide random BERT quantizes badly) and
 # strict on fp32, which must match PyTorch to float precision whatever the model.

@@ -24,24 +24,12 @@ pytest.importorskip("onnx")
 from typer.testing import CliRunner  # noqa: E402
 
 from paperops.cli import app  # noqa: E402
-from paperops.export import ExportError  # noqa: E402
-from paperops.export_lm import (  # noqa: E402
-    DECODER_FILE,
-    INT8_FILE,
-    LMExportConfig,
-    ensure_lm_export,
-    export_lm,
-    is_lm_bundle,
-)
-from paperops.generation import (  # noqa: E402
-    SamplingParams,
-    TorchDecoder,
-    generate,
-    left_pad,
-)
+from paperops.export.common import ExportError  # noqa: E402
+from paperops.export.lm import DECODER_FILE, INT8_FILE, LMExportConfig, ensure_lm_export, export_lm, is_lm_bundle
+from paperops.inference.decoding import SamplingParams, TorchDecoder, generate, left_pad
 from paperops.models.base import ModelLoadError  # noqa: E402
 from paperops.models.lm import load_lm, make_tiny_lm  # noqa: E402
-from paperops.serve.onnx_decoder import OnnxDecoder  # noqa: E402
+from paperops.inference.onnx_decoder import OnnxDecoder  # noqa: E402
 
 TEXTS = [
     f"What is the treatment for condition {i}? Patients with fever and cough often ask this."
@@ -238,7 +226,7 @@ def test_parity_failure_raises_and_keeps_the_previous_export(bundle: Path, tmp_p
 def test_ensure_export_reuses_and_falls_back_to_fp32(
     bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import paperops.export_lm as export_lm_mod
+    import paperops.export.lm as export_lm_mod
 
     out = tmp_path / "ensured"
     ensure_lm_export(bundle, out, cfg=CFG)

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import torch
 
-from paperops.generation import SamplingParams, TorchDecoder, generate
+from paperops.inference.decoding import SamplingParams, TorchDecoder, generate
 from paperops.models.lm import load_lm, make_tiny_lm
-from paperops.serve.gen_engine import EngineClosed, GenerationEngine, QueueFull
+from paperops.serve.engine import EngineClosed, GenerationEngine, QueueFull
 from tests.integration.gen_helpers import Steered
 
 TEXTS = [

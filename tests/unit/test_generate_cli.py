@@ -11,7 +11,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from paperops.commands import generate as gen_cmd
+from paperops.cli import generate as gen_cmd
 from tests.conftest import CONFIG_DIR
 
 TEXTS = [
@@ -72,7 +72,7 @@ def test_the_text_is_what_generate_yields(
     runner: CliRunner, cli: typer.Typer, tiny_lm: Path
 ) -> None:
     """The CLI prints exactly the decoded tokens of paperops.generation for the same seed."""
-    from paperops.generation import SamplingParams, TorchDecoder, generate
+    from paperops.inference.decoding import SamplingParams, TorchDecoder, generate
     from paperops.models.lm import load_lm
 
     lm = load_lm(tiny_lm)
@@ -143,7 +143,7 @@ def test_pieces_concatenate_to_the_decoded_text() -> None:
 
 
 def test_example_prompts_cover_both_corpora_and_the_demo_picks_by_corpus() -> None:
-    from paperops.commands.demo import load_prompts, pick_prompt
+    from paperops.cli.demo import load_prompts, pick_prompt
     from paperops.serve.settings import GeneratorSettings
 
     prompts = load_prompts()

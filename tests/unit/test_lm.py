@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from paperops.generation import Sampler, SamplingParams, TorchDecoder, generate, left_pad
+from paperops.inference.decoding import Sampler, SamplingParams, TorchDecoder, generate, left_pad
 from paperops.models.base import ModelLoadError
 from paperops.models.lm import (
     EOS,
@@ -161,7 +161,7 @@ def test_load_refuses_a_classifier_bundle(tmp_path: Path) -> None:
 
 def test_pretrained_path_fine_tunes_local_weights(tiny_dir: Path, tmp_path: Path) -> None:
     cfg = LMConfig(pretrained=str(tiny_dir), lr=1e-3, warmup_steps=1, batch_size=8)
-    from paperops.train_lm import build_tokenizer
+    from paperops.train.lm import build_tokenizer
 
     tok = build_tokenizer(cfg, corpus())
     lm = CausalLM.from_config(cfg, tok)

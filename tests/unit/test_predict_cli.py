@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from paperops.cli import app
-from paperops.serve.runtime import load_predictor
+from paperops.inference.predictor import load_predictor
 from tests.conftest import CONFIG_DIR, DEFAULT_COUNTS, make_records, write_jsonl
 
 ONE_THREAD = "serve.threads=1"

@@ -71,7 +71,7 @@ def test_typos_reject_bad_rates() -> None:
 def test_title_only_empties_the_abstract_and_the_model_still_predicts(
     tfidf_bundle: Path,
 ) -> None:
-    from paperops.serve.runtime import load_predictor
+    from paperops.inference.predictor import load_predictor
 
     title, abstract = rb.title_only("Quantum error correction codes", "A long abstract.")
     assert (title, abstract) == ("Quantum error correction codes", "")

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from paperops.serve.app import create_app
 from paperops.serve.metrics import ServeMetrics
-from paperops.serve.runtime import LabelScore, ModelInfo, PaperPrediction
+from paperops.inference.predictor import LabelScore, ModelInfo, PaperPrediction
 from paperops.serve.settings import ServeSettings
 from tests.integration.serve_helpers import GatedRuntime, tiny_predictor
 

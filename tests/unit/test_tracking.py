@@ -14,19 +14,11 @@ import yaml
 from omegaconf import OmegaConf
 
 from paperops import __version__
-from paperops.calibrate import softmax
+from paperops.uncertainty.calibrate import softmax
 from paperops.data.datamodule import data_hash, load_splits_for_model
 from paperops.models.base import load_classifier
 from paperops.models.tfidf import TfidfClassifier, TfidfConfig
-from paperops.tracking import (
-    git_info,
-    lightning_loggers,
-    log_model_bundle,
-    log_params_to_wandb,
-    resolve_tracking_uri,
-    setup_mlflow,
-    start_run,
-)
+from paperops.tracking.runs import git_info, lightning_loggers, log_model_bundle, log_params_to_wandb, resolve_tracking_uri, setup_mlflow, start_run
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -241,7 +233,7 @@ def test_logged_bundle_loads_as_pyfunc_and_predicts_calibrated_probs(
 def test_missing_input_column_is_a_clear_error(store, bundle: Path) -> None:
     with start_run(store, run_name="model-bad-input", config=CONFIG) as run:
         uri = log_model_bundle(run, bundle)
-    from paperops.mlflow_pyfunc import BundleModel
+    from paperops.tracking.pyfunc_classifier import BundleModel
 
     model = BundleModel()
     model.classifier, model.temperature = load_classifier(bundle), 1.0

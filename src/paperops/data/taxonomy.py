@@ -437,6 +437,15 @@ def display_name(label: str) -> str:
     return _get(label).name
 
 
+def label_name(label: str) -> str:
+    """`display_name`, or the code itself for a label outside the arXiv taxonomy (custom data):
+    reports and answers must name every label a model was trained on."""
+    try:
+        return display_name(label)
+    except ValueError:
+        return label
+
+
 def all_categories() -> list[Category]:
     """Every canonical fine category and archive-level code, sorted by code (no aliases)."""
     return list(_ALL_CATEGORIES)

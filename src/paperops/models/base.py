@@ -1,9 +1,14 @@
 """What every classifier family shares: the interface, the bundle manifest and one loader.
 
-A trained classifier is a *bundle*: a directory with `model.json` (family, labels, config, and
+A trained model is a *bundle*: a directory with `model.json` (family, labels, config, and
 what the family needs to rebuild itself) plus the family's weight files (skops or safetensors,
-never pickle) and, once calibrated, `calibration.json`. Evaluation, the registry and serving only
-ever call `load_classifier(dir)`, so a new family plugs in by adding one entry to `FAMILIES`.
+never pickle), once calibrated `calibration.json`, and `training.json` from `paperops train`.
+Evaluation, the registry and serving only ever call `load_classifier(dir)`, so a new family plugs
+in by adding one entry to `FAMILIES`.
+
+This is also the one place that says which *task* a bundle (or an export of one) serves:
+`task_of` / `is_language_model`. Training, evaluation, export, tracking and serving dispatch on
+it instead of comparing family strings of their own.
 """
 
 from __future__ import annotations
@@ -18,13 +23,19 @@ import numpy as np
 
 META_FILE = "model.json"
 CALIBRATION_FILE = "calibration.json"
+TRAINING_FILE = "training.json"
 
+CLASSIFIER = "classifier"
+LANGUAGE_MODEL = "lm"
 # family -> "module:Class"; imported lazily so loading a tfidf bundle never imports torch.
 FAMILIES = {
     "tfidf": "paperops.models.tfidf:TfidfClassifier",
     "embedding": "paperops.models.embedding:EmbeddingClassifier",
     "finetune": "paperops.models.finetune:FinetuneClassifier",
+    "lm": "paperops.models.lm:CausalLM",
 }
+# family -> task; every family not listed here is a classifier
+TASK_OF_FAMILY = {"lm": LANGUAGE_MODEL}
 
 
 class ModelLoadError(RuntimeError):
@@ -63,6 +74,37 @@ def read_meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
+def task_of_family(family: str) -> str:
+    """`CLASSIFIER` or `LANGUAGE_MODEL` for a family name (also a config's `model.family`)."""
+    return TASK_OF_FAMILY.get(str(family), CLASSIFIER)
+
+
+def task_of(meta: dict[str, Any]) -> str:
+    """The task of a bundle's or an export's `model.json` / `export.json` content."""
+    return task_of_family(str(meta.get("family", "")))
+
+
+def is_language_model(meta: dict[str, Any]) -> bool:
+    """True for a language-model bundle or export (meta as read from its JSON file)."""
+    return task_of(meta) == LANGUAGE_MODEL
+
+
+def bundle_task(directory: Path) -> str:
+    """The task of the bundle in `directory` (clear error when it is no bundle)."""
+    return task_of(read_meta(directory))
+
+
+def training_info(model_dir: Path) -> dict[str, Any]:
+    """training.json of a bundle ({} for bundles made outside `paperops train`)."""
+    path = Path(model_dir) / TRAINING_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path} is corrupt ({e}); retrain or restore the bundle") from e
+
+
 def check_label_map(meta_path: Path, labels: Sequence[str], expected: Sequence[str] | None) -> None:
     """A model trained on one label map must not be evaluated or served against another."""
     if expected is not None and list(expected) != list(labels):
@@ -86,6 +128,11 @@ def family_class(family: str) -> Any:
 def load_classifier(directory: Path, expected_labels: Sequence[str] | None = None) -> Classifier:
     """Load any family's bundle; `expected_labels` guards against a mismatched label map."""
     meta = read_meta(Path(directory))
+    if is_language_model(meta):
+        raise ModelLoadError(
+            f"{Path(directory) / META_FILE}: this is a language model, not a classifier "
+            "(generate with it: `paperops generate`)"
+        )
     try:
         cls = family_class(meta["family"])
     except ModelLoadError as e:  # name the file that says so: the operator fixes that one

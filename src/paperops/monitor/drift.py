@@ -208,7 +208,7 @@ class Window:
 
 
 def load_window(cfg: DriftConfig, window: str | None = None, now: float | None = None) -> Window:
-    from paperops.serve.reqlog import read_predictions
+    from paperops.requestlog.queries import read_predictions
 
     spec = window or cfg.window
     since, until = parse_window(spec, time.time() if now is None else now)
@@ -532,7 +532,7 @@ def run_drift(cfg: DriftConfig, window: str | None = None) -> dict[str, Any]:
     report = compute(cfg, ref, win)
     write_reports(report, Path(cfg.output_dir), ref=ref, win=win)
     if cfg.store:
-        from paperops.serve.reqlog import save_drift_report
+        from paperops.requestlog.queries import save_drift_report
 
         save_drift_report(cfg.request_log, report)
     return report

@@ -174,3 +174,39 @@ tr.drifted {{ background: #fde2e1; }} tr.skipped {{ color: #888; }}
 <h2>Details</h2>{"".join(details)}
 </body></html>
 """
+
+
+def render_summary(report: dict) -> str:
+    """The console table: one line per check, then the verdict and where the files are."""
+    w = report["window"]
+    lines = [
+        f"drift: window {w['spec']}: {w['papers']} papers ({w['with_feedback']} with feedback) "
+        f"vs {report['reference']['sample']} reference papers",
+        f"  {'check':<11} {'score':>9} {'threshold':>9}  state",
+    ]
+    for name, c in report["checks"].items():
+        score = "-" if c["score"] is None else f"{c['score']:.4f}"
+        state = "DRIFT" if c["drifted"] else ("skipped" if c["score"] is None else "ok")
+        note = f"  ({c['reason']})" if c.get("reason") else ""
+        lines.append(f"  {name:<11} {score:>9} {c['threshold']:>9.4g}  {state}{note}")
+    verdict = (
+        f"DRIFT in {', '.join(report['drifted_checks'])}"
+        if report["drifted"]
+        else ("no drift" if report["status"] == "ok" else report["status"].replace("_", " "))
+    )
+    lines.append(f"  => {verdict}")
+    for kind, path in report.get("files", {}).items():
+        lines.append(f"  {kind}: {path}")
+    return "\n".join(lines)
+
+
+def render_retrain(rt: dict) -> str:
+    """One line: what the retrain path ran and what the registry gate did."""
+    if not rt["triggered"]:
+        return f"  retrain: not run ({rt['reason']})"
+    cmds = "; ".join(f"{' '.join(r['command'])} -> {r['returncode']}" for r in rt["commands"])
+    outcome = " (promoted)" if rt["promoted"] else " (kept)"
+    return (
+        f"  retrain: {cmds}; new versions {rt['new_versions'] or 'none'}; champion "
+        f"{rt['champion_before']} -> {rt['champion_after']}{outcome}"
+    )

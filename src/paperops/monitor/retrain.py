@@ -21,7 +21,7 @@ def registry_state(logger_cfg: Any) -> dict[str, Any] | None:
     """{champion, versions} of the classifier's registered model, or None when there is no
     registry (yet, or no MLflow installed)."""
     try:
-        from paperops.registry import list_versions
+        from paperops.tracking.registry import list_versions
     except ImportError:
         return None
     try:

@@ -26,7 +26,6 @@ import hmac
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,450 +33,34 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from paperops import __version__
 from paperops.data.text import model_text
+from paperops.inference.predictor import Predictor
 from paperops.serve import schemas as S
-from paperops.serve.batching import BatcherClosed, BatchResult, MicroBatcher, QueueFull
-from paperops.serve.metrics import START_KEY, HttpMetricsMiddleware, ServeMetrics
-from paperops.serve.runtime import ModelInfo, PaperPrediction, Predictor
+from paperops.serve.errors import ApiError, _install_error_handlers
+from paperops.serve.metrics import HttpMetricsMiddleware, ServeMetrics
+from paperops.serve.middleware import ArrivalsMiddleware, BodyLimitMiddleware
 from paperops.serve.settings import ServeSettings
+from paperops.serve.state import (
+    Loader,
+    RequestIds,
+    ServeState,
+    _load_initial,
+    _request_start,
+    _score,
+    _start_request_log,
+    _summary,
+    warm,
+)
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[dict[str, Any] | None], Predictor]
+
 STATIC_DIR = Path(__file__).parent / "static"
-INFERENCE_PATHS = frozenset({"/v1/classify", "/predict"})
-ANNOUNCED_KEY = "paperops.announced"  # scope key: this request was announced to the batcher
-WARMUP_TEXT = "Warm-up\nOne call before serving, so the first user does not pay for lazy init."
-
-
-# --- errors ----------------------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    """A deliberate non-2xx answer with the standard error body."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        loc: Sequence[str | int] = (),
-        type_: str = "error",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.detail = [{"loc": list(loc), "msg": message, "type": type_}]
-        self.headers = headers
-
-
-def error_response(
-    status: int,
-    detail: list[dict[str, Any]],
-    summary: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    """The one error body of the API: `{"error": summary, "detail": [{loc, msg, type}]}`."""
-    if summary is None:
-        parts = []
-        for item in detail[:3]:
-            loc = [x for x in item["loc"] if x != "body"]
-            # a field path ("papers.0.title"), not a bare character position of a JSON error
-            where = ".".join(str(x) for x in loc) if any(isinstance(x, str) for x in loc) else ""
-            parts.append(f"{where}: {item['msg']}" if where else item["msg"])
-        summary = "; ".join(parts) + (f" (+{len(detail) - 3} more)" if len(detail) > 3 else "")
-    return JSONResponse({"error": summary, "detail": detail}, status_code=status, headers=headers)
-
-
-def _clean_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    """Pydantic/FastAPI errors without `input` (it can be a whole abstract, or bytes) and `ctx`
-    objects; a JSON syntax error gets its position and reason in words."""
-    out = []
-    for e in errors:
-        loc = [x if isinstance(x, int | str) else str(x) for x in e.get("loc", ())]
-        msg = str(e.get("msg", "invalid value"))
-        ctx = e.get("ctx") or {}
-        if e.get("type") == "json_invalid" and ctx.get("error"):
-            msg = f"malformed JSON at character {loc[-1] if loc else '?'}: {ctx['error']}"
-        out.append({"loc": loc, "msg": msg, "type": str(e.get("type", "value_error"))})
-    return out
-
-
-def _is_json(content_type: str | None) -> bool:
-    if not content_type:
-        return False
-    mime = content_type.split(";", 1)[0].strip().lower()
-    return mime == "application/json" or (
-        mime.startswith("application/") and mime.endswith("+json")
-    )
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _clean_errors(exc.errors())
-        content_type = request.headers.get("content-type")
-        if (
-            not _is_json(content_type)
-            and request.method in ("POST", "PUT", "PATCH")
-            and any(e["loc"] == ["body"] for e in errors)
-        ):
-            msg = "Content-Type must be application/json" + (
-                f" (got {content_type!r})" if content_type else " (none was sent)"
-            )
-            return error_response(
-                415, [{"loc": ["header", "content-type"], "msg": msg, "type": "content_type"}]
-            )
-        return error_response(422, errors)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        cause = exc.__cause__
-        if exc.status_code == 400 and isinstance(cause, UnicodeDecodeError):
-            msg = f"the body is not valid UTF-8 (byte {cause.start}: {cause.reason})"
-            return error_response(
-                422, [{"loc": ["body", cause.start], "msg": msg, "type": "utf8_invalid"}]
-            )
-        if exc.status_code == 400 and isinstance(cause, RecursionError | ValueError):
-            msg = f"the body could not be parsed as JSON ({type(cause).__name__}: {cause})"[:300]
-            return error_response(422, [{"loc": ["body"], "msg": msg, "type": "json_invalid"}])
-        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if exc.status_code == 404 and detail == "Not Found":
-            detail = f"no such endpoint: {request.method} {request.url.path} (see /docs)"
-        elif exc.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path} (see /docs)"
-        kind = getattr(exc, "error_type", f"http_{exc.status_code}")
-        return error_response(
-            exc.status_code,
-            [{"loc": list(getattr(exc, "loc", [])), "msg": detail, "type": kind}],
-            headers=dict(exc.headers) if exc.headers else None,
-        )
-
-    @app.exception_handler(ApiError)
-    async def _api(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.detail, exc.message, exc.headers)
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        """A bug, not bad input: the standard body (uvicorn still logs the traceback)."""
-        msg = f"internal error ({type(exc).__name__}); see the server log"
-        return error_response(500, [{"loc": [], "msg": msg, "type": "internal_error"}])
-
-
-# --- pure ASGI middlewares -------------------------------------------------------------------
-
-
-class BodyTooLarge(StarletteHTTPException):
-    """Raised from `receive` once a body passes the limit; FastAPI re-raises HTTPExceptions
-    from body reading, so it reaches the error handler as a 413 with the standard body."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            413,
-            f"the request body is larger than {limit} bytes (serve.limits.max_body_bytes)",
-        )
-        self.error_type = "body_too_large"
-        self.loc = ["body"]
-
-
-class BodyTimeout(StarletteHTTPException):
-    """Raised from `receive` when the body has not fully arrived `timeout_s` after the request
-    started (a slow or stalled client); 408, and the connection is closed after the answer."""
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(
-            408,
-            f"the request body did not arrive within {timeout_s:g} s "
-            "(serve.limits.body_timeout_s); send it faster or in one piece",
-            headers={"Connection": "close"},
-        )
-        self.error_type = "body_timeout"
-        self.loc = ["body"]
-
-
-class BodyLimitMiddleware:
-    """413 for a body over `limit` bytes: at once from Content-Length, and while streaming for
-    chunked bodies (or a Content-Length that lies), before the body is ever held whole.
-
-    408 when the whole body has not arrived `timeout_s` after the request started: uvicorn has
-    no body-read timeout (`timeout_keep_alive` only covers idle connections), so without it a
-    client trickling a body byte by byte (slowloris) holds its connection, its task and the
-    batcher's arrival count forever. The deadline is for the whole body, not per chunk, so
-    trickling cannot extend it; reads after the body (disconnect checks) are not limited."""
-
-    def __init__(self, app: ASGIApp, limit: int, timeout_s: float | None = None) -> None:
-        self.app = app
-        self.limit = limit
-        self.timeout_s = timeout_s
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared > self.limit:
-                    exc = BodyTooLarge(self.limit)
-                    response = error_response(
-                        413, [{"loc": ["body"], "msg": exc.detail, "type": exc.error_type}]
-                    )
-                    await response(scope, receive, send)
-                    return
-                break
-        received = 0
-        started = False
-        body_done = self.timeout_s is None
-        deadline = time.monotonic() + (self.timeout_s or 0.0)
-
-        async def limited_receive() -> Message:
-            nonlocal received, body_done
-            if body_done:
-                message = await receive()
-            else:
-                try:  # asyncio.timeout: no extra task per receive (wait_for makes one)
-                    async with asyncio.timeout(deadline - time.monotonic()):
-                        message = await receive()
-                except TimeoutError:
-                    raise BodyTimeout(float(self.timeout_s or 0.0)) from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(self.limit)
-                body_done = body_done or not message.get("more_body", False)
-            else:  # http.disconnect: nothing more will come
-                body_done = True
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except (BodyTooLarge, BodyTimeout) as exc:  # raised outside FastAPI's body reading
-            if started:
-                raise
-            response = error_response(
-                exc.status_code,
-                [{"loc": ["body"], "msg": exc.detail, "type": exc.error_type}],
-                headers=dict(exc.headers) if exc.headers else None,
-            )
-            await response(scope, receive, send)
-
-
-class ArrivalsMiddleware:
-    """Tells the batcher an inference request is on its way while its body is still being read,
-    so it waits for a fuller batch only when that can pay off (see `MicroBatcher`)."""
-
-    def __init__(self, app: ASGIApp, state: "ServeState") -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        batcher = self.state.batcher
-        if (
-            batcher is None
-            or scope["type"] != "http"
-            or scope.get("method") != "POST"
-            or scope.get("path") not in INFERENCE_PATHS
-        ):
-            await self.app(scope, receive, send)
-            return
-        batcher.announce()
-        scope[ANNOUNCED_KEY] = batcher
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            if scope.pop(ANNOUNCED_KEY, None) is not None:
-                batcher.withdraw()
-
-
-# --- state -----------------------------------------------------------------------------------
-
-
-class ServeState:
-    """What one app holds: settings, metrics, the batcher (once a model is loaded) and the log."""
-
-    def __init__(self, settings: ServeSettings, loader: Loader, metrics: ServeMetrics) -> None:
-        self.settings = settings
-        self.loader = loader
-        self.metrics = metrics
-        self.schemas = S.make_schemas(settings.limits)
-        self.batcher: MicroBatcher | None = None
-        self.reqlog: Any | None = None  # paperops.serve.reqlog.RequestLog
-        self.generator: Any | None = None  # paperops.serve.generate.GeneratorState
-        self.loading = False
-        self.load_error: str | None = None
-        self.reload_lock = asyncio.Lock()
-        self.started_at = time.time()
-        metrics.bind_queue_depth(lambda: self.batcher.queue_depth if self.batcher else 0)
-
-    @property
-    def predictor(self) -> Predictor | None:
-        return None if self.batcher is None else self.batcher.predictor
-
-    def not_ready_reason(self) -> str | None:
-        if self.batcher is None:
-            if self.load_error:
-                return f"the model failed to load: {self.load_error}"
-            return "the model is still loading" if self.loading else "no model is loaded"
-        if not self.batcher.running:
-            return "the inference worker is not running (shutting down?)"
-        return None
-
-    def install(self, predictor: Predictor) -> None:
-        """Start serving `predictor` (first load) or swap it in (reload)."""
-        if self.batcher is None:
-            b = self.settings.batching
-            self.batcher = MicroBatcher(
-                predictor,
-                max_batch_size=b.max_batch_size,
-                max_wait_ms=b.max_wait_ms,
-                queue_size=b.queue_size,
-                retry_after_s=b.retry_after_s,
-                on_batch=self.metrics.observe_batch,
-                on_reject=self.metrics.queue_rejected.inc,
-            ).start()
-        else:
-            self.batcher.swap(predictor)
-        self.load_error = None
-        self.metrics.set_model(predictor.info)
-
-    def load(self, spec: dict[str, Any] | None) -> Predictor:
-        """Load and warm a predictor (runs in a worker thread, never on the event loop)."""
-        return warm(self.loader(spec))
-
-    async def infer(self, request: Request, texts: list[str], top_k: int) -> BatchResult:
-        announced = request.scope.pop(ANNOUNCED_KEY, None) is not None
-        batcher = self.batcher
-        retry = {"Retry-After": str(self.settings.batching.retry_after_s)}
-        if batcher is None:
-            raise ApiError(
-                503, self.not_ready_reason() or "not ready", type_="not_ready", headers=retry
-            )
-        try:
-            return await batcher.submit(texts, top_k, announced=announced)
-        except QueueFull as e:
-            raise ApiError(
-                503, str(e), type_="queue_full", headers={"Retry-After": str(e.retry_after_s)}
-            ) from None
-        except BatcherClosed as e:
-            raise ApiError(503, str(e), type_="shutting_down", headers=retry) from None
-        except Exception as e:
-            log.exception("inference failed")
-            raise ApiError(
-                500,
-                f"inference failed ({type(e).__name__}); see the server log",
-                type_="inference_error",
-            ) from None
-
-    async def confirm_logged(self, seq: int | None) -> None:
-        """With serve.request_log.durable, answer only once the record's rows are committed
-        (or dropped and counted), so a crash cannot lose the log row of an answered request.
-        The wait is bounded: past it the answer goes out and the row stays queued (counted)."""
-        cfg = self.settings.request_log
-        if self.reqlog is None or not cfg.durable or seq is None:
-            return
-        if await self.reqlog.wait_written(seq, cfg.durable_timeout_ms / 1000.0) is None:
-            self.metrics.log_unconfirmed.inc()
-
-    def log_request(
-        self,
-        request_id: str,
-        route: str,
-        start: float,
-        info: ModelInfo,
-        papers: Sequence[tuple[str, str]],
-        predictions: Sequence[PaperPrediction],
-    ) -> int | None:
-        """Queue the request's log rows; the record's sequence number for `confirm_logged`."""
-        if self.reqlog is None:
-            return None
-        from paperops.serve.reqlog import PaperLogRow, RequestRecord
-
-        rows = [
-            PaperLogRow(
-                index=i,
-                title=title,
-                abstract=abstract,
-                label=p.label,
-                confidence=p.confidence,
-                prediction_set=[s.label for s in p.prediction_set],
-                top=[(s.label, s.probability) for s in p.top],
-            )
-            for i, ((title, abstract), p) in enumerate(zip(papers, predictions, strict=True))
-        ]
-        return self.reqlog.put(
-            RequestRecord(
-                request_id=request_id,
-                ts=time.time(),
-                route=route,
-                status=200,
-                latency_ms=(time.perf_counter() - start) * 1000.0,
-                model_name=info.name,
-                model_version=info.version,
-                papers=rows,
-            )
-        )
-
-
-def warm(predictor: Predictor) -> Predictor:
-    """One call before serving: lazy initialisation (ONNX Runtime arenas, tokenizer caches) is
-    paid here and not by the first user."""
-    predictor.predict_texts([WARMUP_TEXT], 1)
-    return predictor
-
-
-class RequestIds:
-    """uuid4 hex ids from one urandom call per 256 ids: os.urandom releases the GIL, and under
-    load every release lets the inference thread in for up to a switch interval."""
-
-    def __init__(self, chunk: int = 256) -> None:
-        self._chunk = chunk
-        self._buf = b""
-        self._pos = 0
-
-    def __call__(self) -> str:
-        if self._pos >= len(self._buf):
-            self._buf, self._pos = os.urandom(16 * self._chunk), 0
-        raw = self._buf[self._pos : self._pos + 16]
-        self._pos += 16
-        return uuid.UUID(bytes=raw, version=4).hex
-
-
-def _summary(info: ModelInfo) -> dict[str, str]:
-    return {
-        "name": info.name,
-        "version": info.version,
-        "family": info.family,
-        "runtime": info.runtime,
-    }
-
-
-def _score(s: Any) -> dict[str, Any]:
-    return {"label": s.label, "name": s.name, "probability": s.probability}
-
-
-def _request_start(request: Request) -> float:
-    return float(request.scope.get(START_KEY) or time.perf_counter())
-
-
-# --- the factory -----------------------------------------------------------------------------
 
 
 def create_app(
@@ -497,12 +80,10 @@ def create_app(
 
     The language model likewise: `generator` (a `LoadedGenerator`) serves at once,
     `generator_loader()` loads in the background, `generator_error` says why there is none."""
-    from paperops.serve.generate import (
-        GeneratorInfoOut,
-        GeneratorState,
-        make_generation_router,
-    )
-    from paperops.serve.monitoring import DriftView, make_monitoring_router
+    from paperops.serve.generator_state import GeneratorState
+    from paperops.serve.routes.generate import make_generation_router
+    from paperops.serve.routes.monitoring import DriftView, make_monitoring_router
+    from paperops.serve.schemas_generate import GeneratorInfoOut
 
     metrics = metrics or ServeMetrics()
     state = ServeState(settings, loader, metrics)
@@ -760,7 +341,7 @@ def create_app(
     )
     async def feedback(body: FeedbackRequest) -> Response:  # type: ignore[valid-type]
         """Report the true label of a paper you classified (by request id and index)."""
-        from paperops.serve.reqlog import FeedbackRecord
+        from paperops.requestlog.schema import FeedbackRecord
 
         reqlog = state.reqlog
         if reqlog is None:
@@ -892,48 +473,11 @@ def create_app(
     return app
 
 
-async def _start_request_log(state: ServeState) -> None:
-    cfg = state.settings.request_log
-    if not cfg.enabled:
-        log.warning("request log disabled (serve.request_log.url is empty): nothing is logged")
-        return
-    from paperops.serve.reqlog import RequestLog
-
-    reqlog = RequestLog(
-        str(cfg.url),
-        queue_size=cfg.queue_size,
-        batch_size=cfg.batch_size,
-        store_text=cfg.store_text,
-        on_drop=state.metrics.log_dropped.inc,
-        on_write=state.metrics.log_written.inc,
-    )
-    await anyio.to_thread.run_sync(reqlog.start)
-    state.reqlog = reqlog
-
-
-async def _load_initial(state: ServeState) -> None:
-    state.loading = True
-    try:
-        predictor = await anyio.to_thread.run_sync(state.load, None)
-    except Exception as e:
-        state.load_error = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-        log.error("the model failed to load: %s", e)
-        return
-    finally:
-        state.loading = False
-    state.install(predictor)
-    info = predictor.info
-    log.info("ready: serving %s v%s (%s)", info.name, info.version, info.runtime)
-
-
-# --- conveniences ----------------------------------------------------------------------------
-
-
 def path_loader(model_dir: Path, *, runtime: str = "auto", threads: int | None = None) -> Loader:
     """A loader for a server started from a directory: `{"model": path}` loads another one,
     None reloads `model_dir`; registry refs need the CLI's loader (it knows the registry)."""
+    from paperops.inference.predictor import load_predictor
     from paperops.models.base import ModelLoadError
-    from paperops.serve.runtime import load_predictor
 
     def load(spec: dict[str, Any] | None) -> Predictor:
         spec = spec or {}

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-from paperops.serve.runtime import ModelInfo, PaperPrediction, Predictor
+from paperops.inference.predictor import ModelInfo, PaperPrediction, Predictor
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 import httpx
+import typer
 
 
 class ServerStartError(RuntimeError):
@@ -129,3 +135,48 @@ def running_server(
     cmd = [*paperops_command(), "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     with running_process(cmd, f"http://127.0.0.1:{port}", **kwargs) as base:  # type: ignore[arg-type]
         yield base
+
+
+def run_server(
+    app: FastAPI,
+    host: str,
+    port: int,
+    *,
+    timeout_graceful_shutdown: float = 10.0,
+    timeout_keep_alive: float = 5.0,
+    access_log: bool = False,
+    on_started: Any = None,
+) -> None:
+    """uvicorn in this process until SIGINT/SIGTERM; `on_started(url)` once the socket listens.
+
+    Logging stays ours (`log_config=None`: uvicorn's loggers propagate to the paperops handler);
+    the access log is off by default: every request is in the request log and the metrics.
+    """
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=access_log,
+        timeout_graceful_shutdown=int(max(1, round(timeout_graceful_shutdown))),
+        timeout_keep_alive=int(max(1, round(timeout_keep_alive))),
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+
+    def announce() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.02)
+        if server.started and on_started is not None:
+            bound = port
+            with contextlib.suppress(IndexError, AttributeError, OSError):  # port 0: OS-picked
+                bound = int(server.servers[0].sockets[0].getsockname()[1])
+            shown = f"[{host}]" if ":" in host else host
+            on_started(f"http://{shown}:{bound}")
+
+    threading.Thread(target=announce, name="paperops-announce", daemon=True).start()
+    server.run()
+    if not server.started:  # could not bind, or the lifespan failed: uvicorn logged why
+        raise typer.Exit(1)

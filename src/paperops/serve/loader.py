@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from paperops.config import cfg_get
+from paperops.inference.predictor import NEURAL_FAMILIES, Predictor, load_predictor
 from paperops.models.base import ModelLoadError, read_meta
-from paperops.serve.runtime import NEURAL_FAMILIES, Predictor, load_predictor
+
+DEFAULT_REGISTERED = "paperops-generator"
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ def _from_registry(cfg: Any, ref: str, runtime: str, threads: int | None) -> Pre
     try:
         from mlflow.exceptions import MlflowException
 
-        from paperops import registry
+        from paperops.tracking import registry
     except ImportError as e:  # a serve-only install has no mlflow
         raise ModelLoadError(
             f"serving a registered model needs the train extra ({e}); "
@@ -115,7 +117,7 @@ def _exported(cfg: Any, bundle: Path, name: str, version: str, threads: int | No
     """The ONNX export of a registered neural bundle, made once per version and reused (the
     export settings and parity thresholds are `cfg.export`'s)."""
     try:
-        from paperops.export import ensure_export
+        from paperops.export.cache import ensure_export
     except ImportError as e:
         raise ModelLoadError(
             f"cannot export {name} v{version} to ONNX ({e}); serve it through PyTorch with "
@@ -159,7 +161,7 @@ def resolve_generator(cfg: Any, model: Path | None = None, ref: str | None = Non
     the registry's `serve.generator.registered_model` (`paperops-generator`).
 
     Raises ModelLoadError with the fix when none can be loaded."""
-    from paperops.serve.generate import load_generator
+    from paperops.inference.generator import load_generator
 
     runtime = str(cfg_get(cfg, "serve.generator.runtime", "auto"))
     threads = cfg_get(cfg, "serve.generator.threads")
@@ -177,7 +179,7 @@ def resolve_generator(cfg: Any, model: Path | None = None, ref: str | None = Non
     try:
         from mlflow.exceptions import MlflowException
 
-        from paperops import registry
+        from paperops.tracking import registry
     except ImportError as e:
         raise ModelLoadError(
             f"loading a registered language model needs the train extra ({e}); "
@@ -216,7 +218,7 @@ def _lm_export(cfg: Any, bundle: Path, models_dir: Path, key: str, threads: int 
     same); the bundle itself, served by PyTorch, when exporting is not possible here."""
     export_dir = Path(str(cfg_get(cfg, "serve.export_dir", models_dir / "export"))) / key
     try:
-        from paperops.export_lm import ensure_lm_export
+        from paperops.export.lm import ensure_lm_export
 
         return ensure_lm_export(bundle, export_dir, cfg=cfg_get(cfg, "export.lm"), threads=threads)
     except (ImportError, RuntimeError, ValueError) as e:
@@ -229,7 +231,7 @@ def _lm_export(cfg: Any, bundle: Path, models_dir: Path, key: str, threads: int 
 def _require_store(cfg: Any, name: str, ref: str) -> None:
     """Fail fast, before importing mlflow, when the tracking store is a SQLite file that does
     not exist: a classifier-only server must not pay seconds at start to find no LM."""
-    from paperops.tracking import SQLITE_PREFIX, tracking_uri
+    from paperops.tracking.runs import SQLITE_PREFIX, tracking_uri
 
     try:
         uri = tracking_uri(cfg.logger)
@@ -251,3 +253,39 @@ def make_generator_loader(
         return resolve_generator(cfg, model=model, ref=ref)
 
     return load
+
+
+def resolve_lm(cfg: Any, model: Path | None, ref: str | None) -> tuple[Any, str]:
+    """The LM to use and a description of where it came from: `model` (a bundle directory),
+    else `serve.generator.model` when configured, else registry version `ref` (default
+    `champion`) of the generator's registered model."""
+    from paperops.models.base import ModelLoadError
+    from paperops.models.lm import load_lm
+
+    if model is None and ref is None and cfg_get(cfg, "serve.generator.model"):
+        model = Path(str(cfg_get(cfg, "serve.generator.model")))
+    if model is not None:
+        if not Path(model).is_dir():
+            raise ModelLoadError(f"--model {model} is not a directory; pass an LM bundle")
+        return load_lm(Path(model)), str(model)
+    name = str(cfg_get(cfg, "serve.generator.registered_model", DEFAULT_REGISTERED))
+    ref = str(ref or cfg_get(cfg, "serve.generator.ref", "champion"))
+    try:
+        from paperops.tracking import registry
+    except ImportError as e:  # a serve-only install has no mlflow
+        raise ModelLoadError(
+            f"a registered model needs the train extra ({e}); pass --model DIR instead"
+        ) from e
+    models_dir = Path(str(cfg_get(cfg, "paths.models", "models")))
+    try:
+        bundle = registry.download_bundle(
+            cfg.logger, ref, models_dir / "registry" / name, name=name
+        )
+    except registry.RegistryError as e:
+        raise ModelLoadError(f"{e} (or pass --model DIR to use an LM bundle)") from e
+    except Exception as e:  # mlflow's own errors: no store, unreachable server
+        raise ModelLoadError(
+            f"cannot read {name}@{ref} from {cfg_get(cfg, 'logger.tracking_uri')}: {e}; train and "
+            "register a language model first, or pass --model DIR"
+        ) from e
+    return load_lm(bundle), f"{name}@{ref}"

@@ -27,7 +27,7 @@ from prometheus_client import (
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from paperops.serve.runtime import ModelInfo, PaperPrediction
+from paperops.inference.predictor import ModelInfo, PaperPrediction
 
 UNMATCHED = "<unmatched>"
 START_KEY = "paperops.start"  # scope key: perf_counter() when the request arrived

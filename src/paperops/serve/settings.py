@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from paperops.serve.runtime import RUNTIMES
+from paperops.inference.predictor import RUNTIMES
 
 
 class SettingsError(ValueError):

@@ -1,1 +1,0 @@
-"""CLI command groups that live outside `paperops.cli`; the root app mounts each with add_typer."""

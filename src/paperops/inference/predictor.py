@@ -1,0 +1,271 @@
+"""What the API, `paperops predict` and the benchmarks run: a runtime that scores texts, wrapped
+in a `Predictor` that turns scores into calibrated answers.
+
+A *runtime* only maps texts to raw logits (one column per label):
+- `onnx` / `onnx-int8`: an exported encoder model in ONNX Runtime (`paperops export`), the
+  serving path for the neural families (see `paperops.serve.onnx_runtime`);
+- `sklearn`: a tfidf bundle (skops), served as is: it is already a few sparse dot products;
+- `torch`: any bundle through `load_classifier` (the fallback, and the naive baseline).
+
+The `Predictor` adds what every runtime shares and training fitted: temperature scaling, the
+conformal prediction set and human-readable names. Randomized APS draws its tie-breaker from a
+hash of each text, so a paper gets the same answer whichever micro-batch it lands in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from paperops.data.taxonomy import label_name
+from paperops.data.text import model_text
+from paperops.models.base import CALIBRATION_FILE, ModelLoadError, load_classifier, read_meta
+
+log = logging.getLogger(__name__)
+
+EXPORT_FILE = "export.json"  # marks an export directory (`paperops export`)
+RUNTIMES = ("auto", "onnx", "onnx-int8", "sklearn", "torch")
+NEURAL_FAMILIES = ("embedding", "finetune")
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """Texts -> (n, k) float logits aligned with `labels`. Must be safe to call from one worker
+    thread at a time (the batcher guarantees that); `kind` names the backend for /v1/model."""
+
+    kind: str
+    labels: list[str]
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class ClassifierRuntime:
+    """Any bundle loaded with `load_classifier`: `sklearn` for tfidf, `torch` for the others."""
+
+    def __init__(self, model: Any, threads: int | None = None) -> None:
+        self.model = model
+        self.labels = list(model.labels)
+        self.kind = "sklearn" if model.family == "tfidf" else "torch"
+        if self.kind == "torch" and threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self.model.logits(list(texts)), dtype=np.float64)
+
+
+# --- answers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    name: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class PaperPrediction:
+    """One paper's answer: the top label, its calibrated probability, the top-k list and the
+    conformal set (may be empty: no label is confident enough at the target coverage)."""
+
+    label: str
+    name: str
+    confidence: float
+    top: list[LabelScore]
+    prediction_set: list[LabelScore]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What is being served: shown at /v1/model, in the `paperops_model_info` metric and logged
+    with every request."""
+
+    name: str
+    version: str
+    family: str
+    runtime: str
+    source: str
+    n_labels: int
+    temperature: float | None = None
+    coverage_target: float | None = None
+    conformal_method: str | None = None
+    loaded_at: float = field(default_factory=time.time)
+    export: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def text_uniforms(texts: Sequence[str]) -> np.ndarray:
+    """One uniform in [0, 1) per text from a hash of the text: deterministic per paper."""
+    out = np.empty(len(texts), dtype=np.float64)
+    for i, t in enumerate(texts):
+        h = hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        out[i] = int.from_bytes(h, "big") / 2.0**64
+    return out
+
+
+class Predictor:
+    """A runtime + the bundle's calibration: the single object serving code calls."""
+
+    def __init__(self, runtime: Runtime, calibration: Any | None, info: ModelInfo) -> None:
+        self.runtime = runtime
+        self.calibration = calibration  # paperops.evaluate.Calibration, or None (uncalibrated)
+        self.info = info
+        self.labels = list(runtime.labels)
+        self.names = [label_name(lab) for lab in self.labels]
+
+    def probabilities(self, texts: Sequence[str]) -> tuple[np.ndarray, list[list[int]]]:
+        """Calibrated probabilities (n, k) and conformal sets (class indices) for model texts."""
+        from paperops.uncertainty.calibrate import softmax
+        from paperops.uncertainty.calibration import finite_logits
+
+        logits = self.runtime.logits(texts)
+        if self.calibration is None:
+            probs = softmax(finite_logits(logits))
+            return probs, [[int(i)] for i in probs.argmax(axis=1)]
+        return self.calibration.apply(logits, text_uniforms(texts))
+
+    def predict_texts(self, texts: Sequence[str], top_k: int = 3) -> list[PaperPrediction]:
+        if not texts:
+            return []
+        probs, sets = self.probabilities(texts)
+        k = max(1, min(int(top_k), len(self.labels)))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        out = []
+        for row, top_idx, members in zip(probs, order, sets, strict=True):
+            top = [self._score(int(j), row) for j in top_idx]
+            out.append(
+                PaperPrediction(
+                    label=top[0].label,
+                    name=top[0].name,
+                    confidence=top[0].probability,
+                    top=top,
+                    prediction_set=[self._score(int(j), row) for j in members],
+                )
+            )
+        return out
+
+    def predict_papers(
+        self, papers: Sequence[tuple[str, str]], top_k: int = 3
+    ) -> list[PaperPrediction]:
+        """(title, abstract) pairs, joined exactly as in training (`model_text`)."""
+        return self.predict_texts([model_text(t, a) for t, a in papers], top_k)
+
+    def _score(self, j: int, row: np.ndarray) -> LabelScore:
+        return LabelScore(self.labels[j], self.names[j], round(float(row[j]), 6))
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _load_calibration(directory: Path) -> Any | None:
+    from paperops.uncertainty.calibration import Calibration
+
+    path = directory / CALIBRATION_FILE
+    if not path.is_file():
+        log.warning("%s has no %s: serving uncalibrated softmax scores", directory, path.name)
+        return None
+    try:
+        return Calibration.load(path)
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path} is corrupt ({e}); re-run `paperops train`") from e
+
+
+def load_predictor(
+    model_dir: Path,
+    *,
+    runtime: str = "auto",
+    threads: int | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    source: str | None = None,
+) -> Predictor:
+    """Load a bundle or an export directory for serving.
+
+    `auto` picks ONNX (int8 when the export has it) for an export directory, sklearn for a tfidf
+    bundle and torch for a neural bundle that was not exported (with a warning: run
+    `paperops export`). Any error is a `ModelLoadError` naming the file and the fix.
+    """
+    model_dir = Path(model_dir)
+    if runtime not in RUNTIMES:
+        raise ModelLoadError(f"runtime must be one of {RUNTIMES}; got {runtime!r}")
+    meta = read_meta(model_dir)
+    family = str(meta["family"])
+    export_meta: dict[str, Any] | None = None
+    if (model_dir / EXPORT_FILE).is_file():
+        from paperops.inference.onnx_classifier import read_export_meta
+
+        export_meta = read_export_meta(model_dir)
+    exported_as = None if export_meta is None else str(export_meta["runtime"])
+    if exported_as not in (None, "onnx", "sklearn"):
+        raise ModelLoadError(
+            f"{model_dir / EXPORT_FILE}: unknown runtime {exported_as!r}; re-export with this "
+            "paperops version (`paperops export`)"
+        )
+    if runtime == "auto":
+        if exported_as == "onnx":
+            # int8 when export.json lists one (a listed but missing file then fails loading
+            # with a clear error instead of silently serving fp32)
+            meta_x = export_meta or {}
+            has_int8 = bool(meta_x.get("int8")) and bool((meta_x.get("files") or {}).get("int8"))
+            runtime = "onnx-int8" if has_int8 else "onnx"
+        elif exported_as == "sklearn" or family == "tfidf":
+            runtime = "sklearn"
+        else:
+            runtime = "torch"
+            if family in NEURAL_FAMILIES:
+                log.warning(
+                    "%s is a %s bundle without an ONNX export: serving through PyTorch "
+                    "(slower); run `paperops export` for the fast path",
+                    model_dir,
+                    family,
+                )
+    if runtime in ("onnx", "onnx-int8"):
+        if exported_as != "onnx":
+            what = "a tfidf export (served with sklearn)" if exported_as else "a plain bundle"
+            raise ModelLoadError(
+                f"runtime {runtime!r} needs an ONNX export directory ({EXPORT_FILE}); "
+                f"{model_dir} is {what}"
+                + ("" if exported_as else f": run `paperops export --model {model_dir}`")
+            )
+        from paperops.inference.onnx_classifier import OnnxRuntime
+
+        rt: Runtime = OnnxRuntime.load(model_dir, int8=runtime == "onnx-int8", threads=threads)
+    else:
+        if runtime == "sklearn" and family != "tfidf":
+            raise ModelLoadError(f"runtime 'sklearn' serves tfidf bundles; {model_dir} is {family}")
+        if exported_as == "onnx":
+            src = (export_meta or {}).get("source", {}).get("bundle", "the source bundle")
+            raise ModelLoadError(
+                f"{model_dir} is an ONNX export: runtime {runtime!r} needs the bundle itself "
+                f"({src}); serve this directory with runtime onnx / onnx-int8 / auto"
+            )
+        rt = ClassifierRuntime(load_classifier(model_dir), threads=threads)
+    calibration = _load_calibration(model_dir)
+    info = ModelInfo(
+        name=name or str(meta.get("registered_model") or model_dir.name),
+        version=str(version or meta.get("version") or "local"),
+        family=family,
+        runtime=rt.kind,
+        source=source or str(model_dir),
+        n_labels=len(rt.labels),
+        temperature=None if calibration is None else calibration.temperature.temperature,
+        coverage_target=None if calibration is None else 1 - calibration.conformal.alpha,
+        conformal_method=None if calibration is None else calibration.conformal.method,
+        export=export_meta,
+    )
+    return Predictor(rt, calibration, info)
