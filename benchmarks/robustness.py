@@ -388,9 +388,9 @@ def _run(
     import torch
 
     from paperops.data.datamodule import data_hash, read_labels, stratified_cap
-    from paperops.uncertainty.calibration import Calibration
     from paperops.models.base import CALIBRATION_FILE, load_classifier
     from paperops.models.embedding import EmbeddingClassifier
+    from paperops.uncertainty.calibration import Calibration
 
     t_start = time.perf_counter()
     scale = scale or os.environ.get("PAPEROPS_BENCH_SCALE") or "full"

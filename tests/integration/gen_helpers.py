@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from paperops.inference.decoding import Past, TorchDecoder
-from paperops.models.lm import load_lm, make_tiny_lm
 from paperops.inference.generator import LoadedGenerator
+from paperops.models.lm import load_lm, make_tiny_lm
 
 LM_TEXTS = [
     f"the patient has had a fever of {i % 5 + 37} degrees and a cough for {i % 9} days"

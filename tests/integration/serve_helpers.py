@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from paperops.serve.launcher import free_port, running_server
 from paperops.inference.predictor import ModelInfo, Predictor
+from paperops.serve.launcher import free_port, running_server
 from tests.conftest import CONFIG_DIR
 
 TEST_ENV = {

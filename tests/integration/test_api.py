@@ -23,9 +23,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from paperops.inference.predictor import load_predictor
 from paperops.serve.app import STATIC_DIR, create_app
 from paperops.serve.launcher import free_port, paperops_command, running_process
-from paperops.inference.predictor import load_predictor
 from paperops.serve.settings import BatchingSettings, Limits, ServeSettings
 from tests.conftest import DEFAULT_COUNTS, make_records
 from tests.integration.serve_helpers import (

@@ -20,8 +20,8 @@ import pytest
 
 from paperops.data import taxonomy
 from paperops.data.prepare import PrepareConfig, prepare
-from paperops.serve.launcher import paperops_command
 from paperops.requestlog.queries import read_predictions
+from paperops.serve.launcher import paperops_command
 from tests.conftest import _train_bundle, write_jsonl
 from tests.integration.serve_helpers import TEST_ENV, serve_cli
 

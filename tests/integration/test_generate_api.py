@@ -328,8 +328,8 @@ def test_a_full_generation_queue_is_503_with_retry_after(lm_bundle: Path) -> Non
 
 
 def test_background_load_and_a_required_generator_that_fails(lm_bundle: Path) -> None:
-    from paperops.models.base import ModelLoadError
     from paperops.inference.generator import load_generator
+    from paperops.models.base import ModelLoadError
 
     def broken() -> Any:
         raise ModelLoadError("no LM here on purpose")

@@ -303,7 +303,8 @@ def _head_fit(work: Path, n_classes: int, **cfg: object) -> dict[str, object]:
     from torch.utils.data import DataLoader, TensorDataset
 
     from paperops.models.embedding import HeadModule, build_head
-    from paperops.models.lightning import fit_module, seed_everything
+    from paperops.models.lightning import fit_module
+    from paperops.models.process import seed_everything
     from tests.conftest import small_trainer_cfg
 
     seed_everything(0)

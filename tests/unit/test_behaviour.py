@@ -10,10 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from paperops.evaluate.behaviour import DOMAIN_TERMS, add_typos, class_terms, derive_terms, lowercase_title, perturb_whitespace, run_behavioural, titlecase_title
 from paperops.data.datamodule import EmptySplitError, TextSplit, load_splits_for_model
 from paperops.data.text import model_text
-from paperops.evaluate.classifier import BehaviouralConfig, EvalConfig
+from paperops.evaluate.behaviour import (
+    DOMAIN_TERMS,
+    add_typos,
+    class_terms,
+    derive_terms,
+    lowercase_title,
+    perturb_whitespace,
+    run_behavioural,
+    titlecase_title,
+)
+from paperops.evaluate.config import BehaviouralConfig, EvalConfig
 from tests.conftest import VOCAB
 
 LABELS = ["astro-ph", "cs", "zz-custom"]  # two curated archives and one without curated terms

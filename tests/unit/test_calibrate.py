@@ -8,7 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from paperops.uncertainty.calibrate import TemperatureScaler, expected_calibration_error, fit_temperature, logits_from_probs, nll, plot_reliability, reliability_table, softmax
+from paperops.uncertainty.calibrate import (
+    TemperatureScaler,
+    expected_calibration_error,
+    fit_temperature,
+    logits_from_probs,
+    nll,
+    plot_reliability,
+    reliability_table,
+    softmax,
+)
 
 K = 15
 

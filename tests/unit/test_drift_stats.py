@@ -18,8 +18,8 @@ from paperops.monitor.drift import (
     check_length,
     compute,
     parse_window,
-    words,
 )
+from paperops.monitor.stats import words
 
 THRESHOLDS = {"length": 0.1, "vocabulary": 0.05, "embedding": 0.7, "label": 0.2, "accuracy": 0.1}
 

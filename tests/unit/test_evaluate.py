@@ -13,15 +13,22 @@ import pandas as pd
 import pytest
 import yaml
 
-from paperops.uncertainty.calibrate import softmax
-from paperops.uncertainty.conformal import ConformalPredictor
 from paperops.data.datamodule import EmptySplitError, TextSplit, load_splits_for_model
 from paperops.data.text import model_text
+from paperops.evaluate.classifier import evaluate_classifier
+from paperops.evaluate.config import BehaviouralConfig, EvalConfig
 from paperops.evaluate.report import ARTIFACTS, artifact_paths
-from paperops.evaluate.slices import SLICE_MIN_ECE, length_bucket, length_bucket_names, slice_metrics, year_of
-from paperops.evaluate.classifier import BehaviouralConfig, EvalConfig, evaluate_classifier
-from paperops.uncertainty.calibration import Calibration, finite_logits, fit_calibration
+from paperops.evaluate.slices import (
+    SLICE_MIN_ECE,
+    length_bucket,
+    length_bucket_names,
+    slice_metrics,
+    year_of,
+)
 from paperops.models.tfidf import TfidfClassifier, TfidfConfig
+from paperops.uncertainty.calibrate import softmax
+from paperops.uncertainty.calibration import Calibration, finite_logits, fit_calibration
+from paperops.uncertainty.conformal import ConformalPredictor
 from tests.conftest import CONFIG_DIR
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

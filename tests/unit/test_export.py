@@ -25,17 +25,23 @@ pytest.importorskip("onnx")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from paperops import export as export_mod  # noqa: E402
 from paperops.cli import app  # noqa: E402
 from paperops.data.datamodule import load_splits_for_model  # noqa: E402
-from paperops.export import EXPORT_FILE
-from paperops.export.quantize import FFN_OUTPUT
-from paperops.export.common import INT8_FILE, MODEL_FILE, ExportConfig, ExportError, bundle_fingerprint, probe_texts
-from paperops.export.cache import ensure_export
-from paperops.export.classifier import export_bundle
-from paperops.models.base import ModelLoadError, load_classifier  # noqa: E402
+from paperops.export import classifier as export_mod  # noqa: E402
+from paperops.export.cache import ensure_export  # noqa: E402
+from paperops.export.classifier import export_bundle  # noqa: E402
+from paperops.export.common import (  # noqa: E402
+    FFN_OUTPUT,
+    INT8_FILE,
+    MODEL_FILE,
+    ExportConfig,
+    ExportError,
+    bundle_fingerprint,
+    probe_texts,
+)
 from paperops.inference.onnx_classifier import OnnxRuntime  # noqa: E402
 from paperops.inference.predictor import load_predictor  # noqa: E402
+from paperops.models.base import EXPORT_FILE, ModelLoadError, load_classifier  # noqa: E402
 
 # Tiny models: every export here is loose on int8 (a 32-wide random BERT quantizes badly) and
 # strict on fp32, which must match PyTorch to float precision whatever the model.

@@ -25,11 +25,18 @@ from typer.testing import CliRunner  # noqa: E402
 
 from paperops.cli import app  # noqa: E402
 from paperops.export.common import ExportError  # noqa: E402
-from paperops.export.lm import DECODER_FILE, INT8_FILE, LMExportConfig, ensure_lm_export, export_lm, is_lm_bundle
-from paperops.inference.decoding import SamplingParams, TorchDecoder, generate, left_pad
+from paperops.export.lm import (  # noqa: E402
+    DECODER_FILE,
+    INT8_FILE,
+    LMExportConfig,
+    ensure_lm_export,
+    export_lm,
+    is_lm_bundle,
+)
+from paperops.inference.decoding import SamplingParams, TorchDecoder, generate, left_pad  # noqa: E402
+from paperops.inference.onnx_decoder import OnnxDecoder  # noqa: E402
 from paperops.models.base import ModelLoadError  # noqa: E402
 from paperops.models.lm import load_lm, make_tiny_lm  # noqa: E402
-from paperops.inference.onnx_decoder import OnnxDecoder  # noqa: E402
 
 TEXTS = [
     f"What is the treatment for condition {i}? Patients with fever and cough often ask this."

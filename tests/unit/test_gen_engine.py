@@ -16,7 +16,8 @@ import torch
 
 from paperops.inference.decoding import SamplingParams, TorchDecoder, generate
 from paperops.models.lm import load_lm, make_tiny_lm
-from paperops.serve.engine import EngineClosed, GenerationEngine, QueueFull
+from paperops.serve.batching import QueueFull
+from paperops.serve.engine import EngineClosed, GenerationEngine
 from tests.integration.gen_helpers import Steered
 
 TEXTS = [

@@ -17,7 +17,15 @@ from paperops.cli.models import models_app
 from paperops.data.datamodule import load_splits_for_model
 from paperops.models.base import load_classifier
 from paperops.models.tfidf import TfidfClassifier, TfidfConfig
-from paperops.tracking.registry import CHAMPION, RegistryError, download_bundle, list_versions, promote, register_candidate, show
+from paperops.tracking.registry import (
+    CHAMPION,
+    RegistryError,
+    download_bundle,
+    list_versions,
+    promote,
+    register_candidate,
+    show,
+)
 from paperops.tracking.runs import log_model_bundle, resolve_tracking_uri, setup_mlflow, start_run
 
 CONFIG = {"seed": 42, "model": {"family": "tfidf", "min_df": 1}}

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from paperops.requestlog.queries import count_requests, read_predictions
 from paperops.requestlog.schema import FeedbackRecord, PaperLogRow, RequestRecord, make_engine
 from paperops.requestlog.writer import RequestLog
-from paperops.requestlog.queries import count_requests, read_predictions
 
 
 def wait_until(pred: Callable[[], bool], what: str, timeout: float = 30.0) -> None:

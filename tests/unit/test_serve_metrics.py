@@ -7,9 +7,9 @@ from typing import Any
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from paperops.inference.predictor import LabelScore, ModelInfo, PaperPrediction
 from paperops.serve.app import create_app
 from paperops.serve.metrics import ServeMetrics
-from paperops.inference.predictor import LabelScore, ModelInfo, PaperPrediction
 from paperops.serve.settings import ServeSettings
 from tests.integration.serve_helpers import GatedRuntime, tiny_predictor
 

@@ -12,12 +12,8 @@ import pandas as pd
 import pytest
 
 from paperops.data.text import model_text
-from paperops.models.tfidf import (
-    MODEL_FILE,
-    ModelLoadError,
-    TfidfClassifier,
-    TfidfConfig,
-)
+from paperops.models.base import ModelLoadError
+from paperops.models.tfidf import MODEL_FILE, TfidfClassifier, TfidfConfig
 
 
 def _split(prepared_dir: Path, name: str) -> tuple[list[str], list[str]]:

@@ -14,11 +14,19 @@ import yaml
 from omegaconf import OmegaConf
 
 from paperops import __version__
-from paperops.uncertainty.calibrate import softmax
 from paperops.data.datamodule import data_hash, load_splits_for_model
 from paperops.models.base import load_classifier
 from paperops.models.tfidf import TfidfClassifier, TfidfConfig
-from paperops.tracking.runs import git_info, lightning_loggers, log_model_bundle, log_params_to_wandb, resolve_tracking_uri, setup_mlflow, start_run
+from paperops.tracking.runs import (
+    git_info,
+    lightning_loggers,
+    log_model_bundle,
+    log_params_to_wandb,
+    resolve_tracking_uri,
+    setup_mlflow,
+    start_run,
+)
+from paperops.uncertainty.calibrate import softmax
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402

@@ -74,9 +74,9 @@ def drift_demo(client: Any, base: str, overrides: list[str]) -> None:
 
     import pandas as pd
 
-    from paperops.cli.monitor import render_summary
     from paperops.config import load_config
     from paperops.monitor.drift import DriftConfig, DriftError, run_drift
+    from paperops.monitor.report import render_summary
     from paperops.requestlog.queries import read_predictions
 
     # the reference is the training split; lsa embeddings keep the demo to seconds (the

@@ -48,8 +48,8 @@ def export_cmd(
     bundle or bad options.
     """
     from paperops.data.datamodule import EmptySplitError
-    from paperops.export.classifier import export_bundle, parity_table
-    from paperops.export.common import ExportConfig, ExportError, write_parity_report
+    from paperops.export.classifier import export_bundle
+    from paperops.export.common import ExportConfig, ExportError, parity_table, write_parity_report
     from paperops.export.lm import is_lm_bundle
     from paperops.models.base import ModelLoadError
 

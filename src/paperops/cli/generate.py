@@ -17,6 +17,7 @@ import typer
 from paperops.cli.common import compose, fail
 from paperops.config import cfg_get
 from paperops.inference.generator import option_or, run_generation
+from paperops.models.process import set_torch_threads
 from paperops.serve.loader import resolve_lm
 
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -113,10 +114,7 @@ def register(app: typer.Typer) -> None:
         except ValueError as e:
             raise fail(option_error(str(e))) from None
         threads = cfg_get(cfg, "serve.generator.threads") or cfg_get(cfg, "serve.threads")
-        if threads:
-            import torch
-
-            torch.set_num_threads(int(threads))
+        set_torch_threads(threads)
         try:
             lm, source = resolve_lm(cfg, model, ref)
         except (ModelLoadError, OSError) as e:

@@ -26,7 +26,8 @@ def evaluate_bundle(
     cfg: DictConfig, model_dir: Path, report_dir: Path, *, log_to_mlflow: bool = True
 ) -> dict[str, Any]:
     """Evaluate a bundle on the test split it was trained for (same caps and seed)."""
-    from paperops.evaluate.classifier import EvalConfig, evaluate_classifier
+    from paperops.evaluate.classifier import evaluate_classifier
+    from paperops.evaluate.config import EvalConfig
 
     model_dir, report_dir = Path(model_dir), Path(report_dir)
     if read_meta(model_dir)["family"] == "lm":  # a clear error before any data is read

@@ -25,26 +25,18 @@ from paperops.export.common import (
     ExportResult,
     _check,
     _copy_bundle_files,
-    _load_calibration,
     _split_texts,
-    _torch_threads,
     _versions,
     bundle_fingerprint,
     probe_texts,
 )
 from paperops.export.quantize import _quantize
-from paperops.inference.onnx_classifier import (
-    EXPORT_FILE,
-    INPUT_NAMES,
-    OUTPUT_NAME,
-)
+from paperops.inference.onnx_classifier import INPUT_NAMES, OUTPUT_NAME
 from paperops.io import atomic_dir, atomic_write_text
-from paperops.models.base import read_meta
+from paperops.models.base import EXPORT_FILE, NEURAL_FAMILIES, load_calibration, read_meta
+from paperops.models.process import torch_threads
 
 log = logging.getLogger(__name__)
-
-
-NEURAL_FAMILIES = ("embedding", "finetune")
 
 
 def _logits_module(clf: Any) -> Any:
@@ -222,7 +214,7 @@ def export_bundle(
     family = str(meta["family"])
     labels = list(meta["labels"])
     fingerprint = bundle_fingerprint(bundle_dir)
-    calibration = _load_calibration(bundle_dir)
+    calibration = load_calibration(bundle_dir)
 
     source, split = "texts", cfg.parity.split
     y: np.ndarray | None = None
@@ -258,7 +250,7 @@ def export_bundle(
         if family not in NEURAL_FAMILIES:
             copied = _copy_bundle_files(bundle_dir, tmp, everything=True)
             t = time.perf_counter()
-            with _torch_threads(threads):
+            with torch_threads(threads):
                 ref = load_classifier(bundle_dir).logits(parity_texts)
                 got = load_classifier(tmp).logits(parity_texts)
             timings["parity"] = time.perf_counter() - t
@@ -279,7 +271,7 @@ def export_bundle(
         else:
             _copy_bundle_files(bundle_dir, tmp, everything=False)
             t = time.perf_counter()
-            with _torch_threads(threads):
+            with torch_threads(threads):
                 clf = load_classifier(bundle_dir)
                 ref_logits = clf.logits(parity_texts)
                 timings["torch_reference"] = time.perf_counter() - t

@@ -221,12 +221,12 @@ def probe_texts(labels: Sequence[str], n_repeat: int = 6) -> list[str]:
 
     They check that graph and tokenizer reproduce PyTorch; they are not a quality measurement.
     """
+    from paperops.data.taxonomy import label_name
     from paperops.data.text import model_text
-    from paperops.inference.predictor import _display_name
 
     out = []
     for label in labels:
-        name = _display_name(label)
+        name = label_name(label)
         for i, s in enumerate(_PROBE_SENTENCES):
             abstract = " ".join([s.format(name=name)] * (1 + i * n_repeat))
             out.append(model_text(f"On {name}", abstract))
@@ -277,18 +277,6 @@ def _copy_bundle_files(bundle_dir: Path, dst: Path, everything: bool) -> list[st
     return copied
 
 
-def _load_calibration(bundle_dir: Path) -> Any | None:
-    from paperops.uncertainty.calibration import Calibration
-
-    path = bundle_dir / CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    try:
-        return Calibration.load(path)
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path} is corrupt ({e}); re-run `paperops train`") from e
-
-
 @contextlib.contextmanager
 def _quiet_logging() -> Iterator[None]:
     """The ORT quantizer logs a line per tensor (and a pre-processing hint) on the root logger:
@@ -298,19 +286,6 @@ def _quiet_logging() -> Iterator[None]:
         yield
     finally:
         logging.disable(logging.NOTSET)
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _check(parity: dict[str, Any], out_dir: Path) -> None:

@@ -41,15 +41,14 @@ from paperops.export.common import (
     FORMAT_VERSION,
     ExportError,
     _quiet_logging,
-    _torch_threads,
     _versions,
     bundle_fingerprint,
     is_valid_export,
 )
-from paperops.inference.onnx_classifier import EXPORT_FILE
 from paperops.inference.onnx_decoder import LM_INPUTS, LOGITS, OnnxDecoder, past_names
 from paperops.io import atomic_dir, atomic_write_text
-from paperops.models.base import META_FILE
+from paperops.models.base import EXPORT_FILE, META_FILE
+from paperops.models.process import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -436,7 +435,7 @@ def export_lm(
     if bundle_dir.resolve() == out_dir.resolve():
         raise ExportError(f"the export directory must differ from the bundle ({bundle_dir})")
     timings: dict[str, float] = {}
-    with _torch_threads(threads):
+    with torch_threads(threads):
         lm = load_lm(bundle_dir)
         mcfg = lm.model.config
         ref = TorchDecoder(lm)

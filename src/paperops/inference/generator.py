@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paperops.config import cfg_get
+from paperops.models.process import set_torch_threads
 
 if TYPE_CHECKING:  # torch lives behind these: a classifier-only server never imports it
     pass
@@ -94,7 +95,6 @@ def load_generator(
                 f"{path} is an ONNX export: serve it with serve.generator.runtime=onnx, or pass "
                 "the LM bundle for torch"
             )
-        import torch
 
         from paperops.inference.decoding import TorchDecoder
         from paperops.models.lm import load_lm
@@ -105,8 +105,7 @@ def load_generator(
                 f"{path} holds a {meta.get('family')!r} model, not a language model (family lm); "
                 "pass an LM bundle (`paperops train experiment=lm_mqp`)"
             )
-        if threads is not None:
-            torch.set_num_threads(int(threads))
+        set_torch_threads(threads)
         lm = load_lm(path)
         backend = TorchDecoder(lm)
         prompt_ids, decode = lm.prompt_ids, lm.decode

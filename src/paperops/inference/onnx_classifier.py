@@ -21,10 +21,7 @@ from typing import Any
 import numpy as np
 
 from paperops.inference.onnx_session import _reexport_hint, open_session
-from paperops.models.base import ModelLoadError, read_meta
-
-EXPORT_FILE = "export.json"
-
+from paperops.models.base import EXPORT_FILE, ModelLoadError, read_meta
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 

@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from paperops.inference.onnx_classifier import EXPORT_FILE
 from paperops.inference.onnx_session import open_session
-from paperops.models.base import ModelLoadError
+from paperops.models.base import EXPORT_FILE, ModelLoadError
 
 LM_INPUTS = ("input_ids", "attention_mask", "position_ids")
 LOGITS = "logits"

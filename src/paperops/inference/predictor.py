@@ -15,7 +15,6 @@ hash of each text, so a paper gets the same answer whichever micro-batch it land
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -27,13 +26,20 @@ import numpy as np
 
 from paperops.data.taxonomy import label_name
 from paperops.data.text import model_text
-from paperops.models.base import CALIBRATION_FILE, ModelLoadError, load_classifier, read_meta
+from paperops.models.base import (
+    CALIBRATION_FILE,
+    EXPORT_FILE,
+    NEURAL_FAMILIES,
+    ModelLoadError,
+    load_calibration,
+    load_classifier,
+    read_meta,
+)
+from paperops.models.process import set_torch_threads
 
 log = logging.getLogger(__name__)
 
-EXPORT_FILE = "export.json"  # marks an export directory (`paperops export`)
 RUNTIMES = ("auto", "onnx", "onnx-int8", "sklearn", "torch")
-NEURAL_FAMILIES = ("embedding", "finetune")
 
 
 @runtime_checkable
@@ -55,9 +61,7 @@ class ClassifierRuntime:
         self.labels = list(model.labels)
         self.kind = "sklearn" if model.family == "tfidf" else "torch"
         if self.kind == "torch" and threads:
-            import torch
-
-            torch.set_num_threads(int(threads))
+            set_torch_threads(threads)
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(self.model.logits(list(texts)), dtype=np.float64)
@@ -173,16 +177,12 @@ class Predictor:
 
 
 def _load_calibration(directory: Path) -> Any | None:
-    from paperops.uncertainty.calibration import Calibration
-
-    path = directory / CALIBRATION_FILE
-    if not path.is_file():
-        log.warning("%s has no %s: serving uncalibrated softmax scores", directory, path.name)
-        return None
-    try:
-        return Calibration.load(path)
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path} is corrupt ({e}); re-run `paperops train`") from e
+    calibration = load_calibration(directory)
+    if calibration is None:
+        log.warning(
+            "%s has no %s: serving uncalibrated softmax scores", directory, CALIBRATION_FILE
+        )
+    return calibration
 
 
 def load_predictor(

@@ -21,9 +21,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from paperops.uncertainty.calibration import Calibration
+
 META_FILE = "model.json"
 CALIBRATION_FILE = "calibration.json"
 TRAINING_FILE = "training.json"
+EXPORT_FILE = "export.json"  # marks an export directory (`paperops export`)
+# families whose export is an ONNX graph (encoder + head); tfidf exports stay scikit-learn
+NEURAL_FAMILIES = ("embedding", "finetune")
 
 CLASSIFIER = "classifier"
 LANGUAGE_MODEL = "lm"
@@ -103,6 +108,17 @@ def training_info(model_dir: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ModelLoadError(f"{path} is corrupt ({e}); retrain or restore the bundle") from e
+
+
+def load_calibration(directory: Path) -> Calibration | None:
+    """The bundle's calibration.json (None when it has none); a corrupt one names the file."""
+    path = Path(directory) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        return Calibration.load(path)
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path} is corrupt ({e}); re-run `paperops train`") from e
 
 
 def check_label_map(meta_path: Path, labels: Sequence[str], expected: Sequence[str] | None) -> None:

@@ -43,9 +43,9 @@ from paperops.models.lightning import (
     peer_wait_seconds,
     read_bundle_meta,
     read_safetensors,
-    seed_everything,
     write_safetensors,
 )
+from paperops.models.process import seed_everything
 
 log = logging.getLogger(__name__)
 

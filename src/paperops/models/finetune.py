@@ -40,9 +40,9 @@ from paperops.models.lightning import (
     fit_module,
     read_bundle_meta,
     read_safetensors,
-    seed_everything,
     write_safetensors,
 )
+from paperops.models.process import seed_everything
 
 log = logging.getLogger(__name__)
 

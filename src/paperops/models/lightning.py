@@ -28,6 +28,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from paperops.models.process import set_torch_threads
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -44,7 +46,6 @@ __all__ = [
     "quiet_lightning",
     "read_bundle_meta",
     "read_safetensors",
-    "seed_everything",
     "write_safetensors",
 ]
 
@@ -57,11 +58,6 @@ _NOISY_WARNINGS = (
     r".*number of training batches .* is smaller than the logging interval.*",
     r".*Checkpoint directory .* exists and is not empty.*",
 )
-
-
-def seed_everything(seed: int) -> int:
-    """Seed python, numpy and torch (and dataloader workers) so a run is repeatable."""
-    return L.seed_everything(int(seed), workers=True, verbose=False)
 
 
 def _cpu_count() -> int:
@@ -82,9 +78,7 @@ def configure_threads(trainer_cfg: Mapping[str, Any]) -> int:
     on_cpu = str(trainer_cfg.get("accelerator", "auto")) == "cpu" or not torch.cuda.is_available()
     if n is None and isinstance(devices, int) and devices > 1 and on_cpu:
         n = max(1, _cpu_count() // devices)
-    if n is not None:
-        torch.set_num_threads(int(n))
-    return torch.get_num_threads()
+    return set_torch_threads(n)
 
 
 def balanced_class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:

@@ -33,11 +33,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from paperops.config import dataclass_from_mapping
 from paperops.io import atomic_write_text
 from paperops.models.base import META_FILE, ModelLoadError, read_meta
-from paperops.models.lightning import (
-    configure_threads,
-    fit_module,
-    seed_everything,
-)
+from paperops.models.lightning import configure_threads, fit_module
+from paperops.models.process import seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -38,13 +38,11 @@ log = logging.getLogger(__name__)
 
 
 class QueueFull(RuntimeError):
-    """The inference queue holds too many papers to accept this request now."""
+    """A queue (papers for the classifier's batcher, requests for the generation engine) cannot
+    take this request now: the API answers 503 with Retry-After."""
 
-    def __init__(self, requested: int, queued: int, capacity: int, retry_after_s: int) -> None:
-        super().__init__(
-            f"the inference queue is full ({queued} of {capacity} papers waiting; this request "
-            f"has {requested}): retry in {retry_after_s} s"
-        )
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(f"{message}: retry in {retry_after_s} s")
         self.retry_after_s = retry_after_s
 
 
@@ -205,7 +203,11 @@ class MicroBatcher:
                 queued = self._queued
                 if self.on_reject is not None:
                     self.on_reject()
-                raise QueueFull(n, queued, self.queue_size, self.retry_after_s)
+                raise QueueFull(
+                    f"the inference queue is full ({queued} of {self.queue_size} papers waiting; "
+                    f"this request has {n})",
+                    self.retry_after_s,
+                )
             job = _Job(texts, int(top_k), loop.create_future(), loop, [None] * n, n)
             for start in range(0, n, self.max_batch_size):
                 self._queue.append(_Chunk(job, start, min(n, start + self.max_batch_size)))

@@ -35,21 +35,11 @@ from typing import Any
 import torch
 
 from paperops.inference.decoding import DecoderBackend, Past, Sampler, SamplingParams, left_pad
+from paperops.serve.batching import QueueFull
 
 log = logging.getLogger(__name__)
 
 FINISH_REASONS = ("eos", "length", "context", "time_budget", "cancelled", "error")
-
-
-class QueueFull(RuntimeError):
-    """Too many generation requests are waiting: answer 503 + Retry-After."""
-
-    def __init__(self, waiting: int, capacity: int, retry_after_s: int) -> None:
-        super().__init__(
-            f"the generation queue is full ({waiting} of {capacity} requests waiting): "
-            f"retry in {retry_after_s} s"
-        )
-        self.retry_after_s = retry_after_s
 
 
 class EngineClosed(RuntimeError):
@@ -278,7 +268,11 @@ class GenerationEngine:
                 self.stats.rejected += 1
                 if self.on_reject is not None:
                     self.on_reject()
-                raise QueueFull(len(self._waiting), self.queue_size, self.retry_after_s)
+                raise QueueFull(
+                    f"the generation queue is full ({len(self._waiting)} of {self.queue_size} "
+                    "requests waiting)",
+                    self.retry_after_s,
+                )
             self._waiting.append(req)
             self._cond.notify()
         return req

@@ -174,7 +174,8 @@ class GeneratorState:
     def submit(
         self, engine: Any, ids: list[int], params: Any, context: dict[str, Any]
     ) -> "GenRequest":
-        from paperops.serve.engine import EngineClosed, QueueFull
+        from paperops.serve.batching import QueueFull
+        from paperops.serve.engine import EngineClosed
         from paperops.serve.errors import ApiError
 
         try:

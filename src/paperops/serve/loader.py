@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from paperops.config import cfg_get
-from paperops.inference.predictor import NEURAL_FAMILIES, Predictor, load_predictor
-from paperops.models.base import ModelLoadError, read_meta
+from paperops.inference.predictor import Predictor, load_predictor
+from paperops.models.base import NEURAL_FAMILIES, ModelLoadError, read_meta
 
 DEFAULT_REGISTERED = "paperops-generator"
 

@@ -291,3 +291,21 @@ class ErrorResponse(BaseModel):
 
     error: str
     detail: list[ErrorItem]
+
+
+# OpenAPI `responses=` of the routes: what a client may get besides the 200
+ERRORS_4XX: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorResponse, "description": "Invalid input: field and rule in detail."},
+    413: {"model": ErrorResponse, "description": "Body over serve.limits.max_body_bytes."},
+    415: {"model": ErrorResponse, "description": "Content-Type is not application/json."},
+    408: {
+        "model": ErrorResponse,
+        "description": "Body not received within serve.limits.body_timeout_s.",
+    },
+}
+BUSY: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": ErrorResponse,
+        "description": "Not ready, shutting down, or the queue is full (see Retry-After).",
+    }
+}

@@ -48,6 +48,7 @@ class ServeState:
         self.load_error: str | None = None
         self.reload_lock = asyncio.Lock()
         self.started_at = time.time()
+        self.new_request_id = RequestIds()
         metrics.bind_queue_depth(lambda: self.batcher.queue_depth if self.batcher else 0)
 
     @property
@@ -183,7 +184,7 @@ class RequestIds:
         return uuid.UUID(bytes=raw, version=4).hex
 
 
-def _summary(info: ModelInfo) -> dict[str, str]:
+def summary(info: ModelInfo) -> dict[str, str]:
     return {
         "name": info.name,
         "version": info.version,
@@ -192,15 +193,15 @@ def _summary(info: ModelInfo) -> dict[str, str]:
     }
 
 
-def _score(s: Any) -> dict[str, Any]:
+def score(s: Any) -> dict[str, Any]:
     return {"label": s.label, "name": s.name, "probability": s.probability}
 
 
-def _request_start(request: Request) -> float:
+def request_start(request: Request) -> float:
     return float(request.scope.get(START_KEY) or time.perf_counter())
 
 
-async def _start_request_log(state: ServeState) -> None:
+async def start_request_log(state: ServeState) -> None:
     cfg = state.settings.request_log
     if not cfg.enabled:
         log.warning("request log disabled (serve.request_log.url is empty): nothing is logged")
@@ -219,7 +220,7 @@ async def _start_request_log(state: ServeState) -> None:
     state.reqlog = reqlog
 
 
-async def _load_initial(state: ServeState) -> None:
+async def load_initial(state: ServeState) -> None:
     state.loading = True
     try:
         predictor = await anyio.to_thread.run_sync(state.load, None)

@@ -23,14 +23,8 @@ from paperops.data.datamodule import TextSplit, load_splits_for_model
 from paperops.evaluate.config import EvalConfig
 from paperops.io import atomic_dir, atomic_write_text
 from paperops.models.base import CALIBRATION_FILE, TRAINING_FILE, Classifier, family_class
-from paperops.train.common import (
-    TrainResult,
-    _plain,
-    is_global_rank_zero,
-    run_info,
-    seed_everything,
-    tracked_run,
-)
+from paperops.models.process import seed_everything
+from paperops.train.common import TrainResult, _plain, is_global_rank_zero, run_info, tracked_run
 from paperops.uncertainty.calibration import fit_calibration
 
 log = logging.getLogger(__name__)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from paperops.data.datamodule import data_hash
@@ -32,17 +30,6 @@ def is_global_rank_zero() -> bool:
     if "RANK" in os.environ:
         return os.environ["RANK"] == "0"
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)
-    try:
-        import torch
-    except ImportError:  # the tfidf family needs no torch
-        return
-    torch.manual_seed(seed)
 
 
 def _plain(cfg: Any) -> Any:

@@ -20,14 +20,8 @@ from paperops.evaluate.lm import SAMPLES_FILE, sample_continuations, samples_mar
 from paperops.io import atomic_dir, atomic_write_text
 from paperops.models.base import TRAINING_FILE
 from paperops.models.lm import CausalLM, LMConfig, pretrained_tokenizer, train_tokenizer
-from paperops.train.common import (
-    TrainResult,
-    _plain,
-    is_global_rank_zero,
-    run_info,
-    seed_everything,
-    tracked_run,
-)
+from paperops.models.process import seed_everything
+from paperops.train.common import TrainResult, _plain, is_global_rank_zero, run_info, tracked_run
 
 log = logging.getLogger(__name__)
 METRIC = "val_perplexity"
