@@ -8,6 +8,7 @@ import typer
 
 from paperops.cli.common import Overrides, compose, fail
 from paperops.config import ConfigError
+from paperops.models.base import LANGUAGE_MODEL, task_of_family
 
 
 def train_cmd(
@@ -52,7 +53,7 @@ def train_cmd(
     v = result.val_metrics
     scores = (
         f"loss {v['val_loss']:.4f}, perplexity {v['val_perplexity']:.2f}"
-        if result.family == "lm"
+        if task_of_family(result.family) == LANGUAGE_MODEL
         else f"accuracy {v['val_accuracy']:.4f}, macro-F1 {v['val_macro_f1']:.4f}"
     )
     typer.echo(

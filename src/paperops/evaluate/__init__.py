@@ -13,8 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from paperops.data.datamodule import data_hash, load_splits_for_model, read_labels
 from paperops.models.base import (
+    LANGUAGE_MODEL,
+    bundle_task,
     load_classifier,
-    read_meta,
     training_info,
 )
 from paperops.tracking.runs import log_evaluation
@@ -30,7 +31,7 @@ def evaluate_bundle(
     from paperops.evaluate.config import EvalConfig
 
     model_dir, report_dir = Path(model_dir), Path(report_dir)
-    if read_meta(model_dir)["family"] == "lm":  # a clear error before any data is read
+    if bundle_task(model_dir) == LANGUAGE_MODEL:  # a clear error before any data is read
         from paperops.evaluate.lm import evaluate_lm
 
         return evaluate_lm(cfg, model_dir, report_dir, log_to_mlflow=log_to_mlflow)

@@ -47,7 +47,7 @@ from paperops.export.common import (
 )
 from paperops.inference.onnx_decoder import LM_INPUTS, LOGITS, OnnxDecoder, past_names
 from paperops.io import atomic_dir, atomic_write_text
-from paperops.models.base import EXPORT_FILE, META_FILE
+from paperops.models.base import EXPORT_FILE, LANGUAGE_MODEL, LM_FAMILY, META_FILE, probe_task
 from paperops.models.process import torch_threads
 
 log = logging.getLogger(__name__)
@@ -447,7 +447,7 @@ def export_lm(
         steps = min(c.steps, lm.context_length - max(len(r) for r in rows))
         meta: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
-            "family": "lm",
+            "family": LM_FAMILY,
             "runtime": "onnx",
             "int8": False,
             "files": {"model": DECODER_FILE, "int8": None, "tokenizer": "tokenizer.json"},
@@ -552,12 +552,7 @@ def export_lm(
 def is_lm_bundle(bundle_dir: Path) -> bool:
     """True when `bundle_dir/model.json` names the `lm` family (read without the classifier
     manifest's checks, so the CLI can dispatch before loading anything)."""
-    path = Path(bundle_dir) / META_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return isinstance(meta, dict) and meta.get("family") == "lm"
+    return probe_task(Path(bundle_dir)) == LANGUAGE_MODEL
 
 
 def ensure_lm_export(

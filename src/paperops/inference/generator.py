@@ -8,6 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paperops.config import cfg_get
+from paperops.models.base import (
+    EXPORT_FILE,
+    LANGUAGE_MODEL,
+    LM_FAMILY,
+    is_language_model,
+    probe_task,
+)
 from paperops.models.process import set_torch_threads
 
 if TYPE_CHECKING:  # torch lives behind these: a classifier-only server never imports it
@@ -36,17 +43,16 @@ class LoadedGenerator:
         return int(self.backend.context_length)
 
     def summary(self) -> dict[str, str]:
-        return {"name": self.name, "version": self.version, "family": "lm", "runtime": self.runtime}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "family": LM_FAMILY,
+            "runtime": self.runtime,
+        }
 
 
 def _is_lm_export(path: Path) -> bool:
-    meta = path / "export.json"
-    if not meta.is_file():
-        return False
-    try:
-        return json.loads(meta.read_text()).get("family") == "lm"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return probe_task(path, EXPORT_FILE) == LANGUAGE_MODEL
 
 
 def load_generator(
@@ -100,7 +106,7 @@ def load_generator(
         from paperops.models.lm import load_lm
 
         meta = read_meta(path)
-        if meta.get("family") != "lm":
+        if not is_language_model(meta):
             raise ModelLoadError(
                 f"{path} holds a {meta.get('family')!r} model, not a language model (family lm); "
                 "pass an LM bundle (`paperops train experiment=lm_mqp`)"

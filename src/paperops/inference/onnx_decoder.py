@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from paperops.inference.onnx_session import open_session
-from paperops.models.base import EXPORT_FILE, ModelLoadError
+from paperops.models.base import EXPORT_FILE, ModelLoadError, is_language_model
 
 LM_INPUTS = ("input_ids", "attention_mask", "position_ids")
 LOGITS = "logits"
@@ -49,7 +49,7 @@ def read_lm_export_meta(export_dir: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"{path} is corrupt ({e}); {_hint(export_dir)}") from e
-    if not isinstance(meta, dict) or meta.get("family") != "lm":
+    if not isinstance(meta, dict) or not is_language_model(meta):
         family = meta.get("family") if isinstance(meta, dict) else None
         raise ModelLoadError(
             f"{path}: family is {family!r}, not 'lm'; a classifier export is served by OnnxRuntime"

@@ -32,6 +32,7 @@ NEURAL_FAMILIES = ("embedding", "finetune")
 
 CLASSIFIER = "classifier"
 LANGUAGE_MODEL = "lm"
+LM_FAMILY = "lm"  # the one language-model family (GPT-2 architecture, `models.lm`)
 # family -> "module:Class"; imported lazily so loading a tfidf bundle never imports torch.
 FAMILIES = {
     "tfidf": "paperops.models.tfidf:TfidfClassifier",
@@ -40,7 +41,7 @@ FAMILIES = {
     "lm": "paperops.models.lm:CausalLM",
 }
 # family -> task; every family not listed here is a classifier
-TASK_OF_FAMILY = {"lm": LANGUAGE_MODEL}
+TASK_OF_FAMILY = {LM_FAMILY: LANGUAGE_MODEL}
 
 
 class ModelLoadError(RuntimeError):
@@ -92,6 +93,16 @@ def task_of(meta: dict[str, Any]) -> str:
 def is_language_model(meta: dict[str, Any]) -> bool:
     """True for a language-model bundle or export (meta as read from its JSON file)."""
     return task_of(meta) == LANGUAGE_MODEL
+
+
+def probe_task(directory: Path, manifest: str = META_FILE) -> str | None:
+    """The task named by `directory/manifest` (model.json of a bundle, export.json of an export),
+    or None when it is missing or unreadable: a probe for "what is this directory?", no error."""
+    try:
+        meta = json.loads((Path(directory) / manifest).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return task_of(meta) if isinstance(meta, dict) and "family" in meta else None
 
 
 def bundle_task(directory: Path) -> str:

@@ -32,13 +32,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from paperops.config import dataclass_from_mapping
 from paperops.io import atomic_write_text
-from paperops.models.base import META_FILE, ModelLoadError, read_meta
+from paperops.models.base import LM_FAMILY, META_FILE, ModelLoadError, read_meta
 from paperops.models.lightning import configure_threads, fit_module
 from paperops.models.process import seed_everything
 
 log = logging.getLogger(__name__)
 
-FAMILY = "lm"
+FAMILY = LM_FAMILY
 FORMAT = 1
 EOS = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"

@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from paperops import __version__
+from paperops.models.base import is_language_model
 
 log = logging.getLogger("paperops.tracking")
 
@@ -383,7 +384,7 @@ def _signature(bundle_dir: Path) -> Any:
     from paperops.tracking.pyfunc_classifier import INPUT_COLUMNS, output_columns
 
     meta = read_meta(bundle_dir)
-    if meta["family"] == "lm":
+    if is_language_model(meta):
         from paperops.tracking.pyfunc_lm import PARAMS
 
         types = {int: "long", float: "double"}
@@ -434,7 +435,7 @@ def log_model_bundle(
 
     bundle_dir = Path(bundle_dir).resolve()
     # fail early, with paperops' message, on something that is no bundle
-    is_lm = read_meta(bundle_dir)["family"] == "lm"
+    is_lm = is_language_model(read_meta(bundle_dir))
     code, example = (
         (LM_PYFUNC_FILE, mlflow_pyfunc_lm.INPUT_EXAMPLE)
         if is_lm

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from paperops.evaluate.lm import SAMPLES_FILE, sample_continuations, samples_markdown
 from paperops.io import atomic_dir, atomic_write_text
 from paperops.models.base import TRAINING_FILE
-from paperops.models.lm import CausalLM, LMConfig, pretrained_tokenizer, train_tokenizer
+from paperops.models.lm import FAMILY, CausalLM, LMConfig, pretrained_tokenizer, train_tokenizer
 from paperops.models.process import seed_everything
 from paperops.train.common import TrainResult, _plain, is_global_rank_zero, run_info, tracked_run
 
@@ -111,7 +111,7 @@ def train_lm(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainRes
             atomic_write_text(tmp / SAMPLES_FILE, json.dumps(samples, indent=2) + "\n")
             atomic_write_text(tmp / TRAINING_FILE, json.dumps(info, indent=2, default=str) + "\n")
         log.info("saved the LM bundle to %s", out_dir)
-        result = TrainResult(out_dir, "lm", val_metrics, train_seconds, fit_summary=summary)
+        result = TrainResult(out_dir, FAMILY, val_metrics, train_seconds, fit_summary=summary)
         if run is not None:
             result.run_id = run.run_id
             result.decision = _track_and_register(cfg, run, out_dir, info, samples)
@@ -143,7 +143,7 @@ def _track_and_register(
         score=info["val_metrics"][METRIC],
         metric=METRIC,
         higher_is_better=False,
-        tags={"family": "lm", "corpus": info["corpus"], "data_hash": info["data_hash"]},
+        tags={"family": FAMILY, "corpus": info["corpus"], "data_hash": info["data_hash"]},
     )
     run.set_tags(
         {"registry.version": str(decision.version), "registry.promoted": str(decision.promoted)}
