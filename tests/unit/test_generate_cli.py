@@ -12,6 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from paperops.cli import generate as gen_cmd
+from paperops.inference.generator import text_pieces
 from tests.conftest import CONFIG_DIR
 
 TEXTS = [
@@ -136,9 +137,9 @@ def test_pieces_concatenate_to_the_decoded_text() -> None:
     def decode(ids: list[int]) -> str:
         return b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
 
-    pieces = list(gen_cmd.text_pieces(decode, [1, 2, 3, 4]))
+    pieces = list(text_pieces(decode, [1, 2, 3, 4]))
     assert [p for _, p in pieces] == ["a", "", "é", "b"]
-    pieces = list(gen_cmd.text_pieces(decode, [1, 2]))  # stopped mid-character
+    pieces = list(text_pieces(decode, [1, 2]))  # stopped mid-character
     assert "".join(p for _, p in pieces) == decode([1, 2])
 
 

@@ -1,1 +1,4 @@
-"""Data: sources, taxonomy, preparation and validation."""
+"""Data: sources, taxonomy, preparation, validation and the LM corpus.
+
+May import only the foundation modules (config, io, log).
+"""

@@ -1,6 +1,9 @@
-"""Glue between the CLI and the library: evaluate a trained bundle and record it in MLflow.
+"""Evaluation: `evaluate_bundle` scores any bundle on its test split and dispatches on the task
+(classifier: `evaluate.classifier`; language model: `evaluate.lm`), then records the test
+metrics and the report in the bundle's MLflow training run.
 
-Kept out of cli.py so benchmarks and tests call the same code the command runs.
+May import: tracking, inference, models, uncertainty, data and the foundation modules. The CLI,
+the DVC stage and the benchmarks all call `evaluate_bundle`, so they run the same code.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""TODO"""
+"""The `evaluate` config group as dataclasses: alpha and the conformal method, slices, the
+behavioural checks. Read by evaluation and by training (which calibrates with the same settings).
+"""
 
 from __future__ import annotations
 

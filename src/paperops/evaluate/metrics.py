@@ -1,4 +1,6 @@
-"""TODO docstring paperops/evaluate/metrics.py"""
+"""Headline metrics from probabilities and labels: accuracy, top-k, macro/weighted F1, the
+confusion matrix and the per-class table (numpy only, no scikit-learn needed to evaluate).
+"""
 
 from __future__ import annotations
 

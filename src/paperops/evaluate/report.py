@@ -1,4 +1,6 @@
-"""TODO docstring paperops/evaluate/report.py"""
+"""The evaluation report: report.md, per_class.csv, confusion_matrix.png and the markdown tables,
+written from the metrics dict so the report and metrics.json can never disagree.
+"""
 
 from __future__ import annotations
 

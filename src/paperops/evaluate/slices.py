@@ -1,4 +1,8 @@
-"""TODO docstring paperops/evaluate/slices.py"""
+"""Slices: metrics by archive, abstract length and year, so an average cannot hide a weak subgroup.
+
+Slices smaller than `min_slice_size` are reported as such, not scored; ECE is only shown for
+slices of at least SLICE_MIN_ECE papers (below that its binning noise dominates).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring paperops/export/cache.py"""
+"""The export cache: `ensure_export` re-exports a bundle (e.g. the registry champion) only when its
+fingerprint changed, so `paperops serve --runtime onnx` starts from a cached graph.
+"""
 
 from __future__ import annotations
 

@@ -1,32 +1,5 @@
-"""`paperops export`: a trained bundle -> a self-contained directory that serving loads.
-
-Neural bundles (`embedding`: frozen encoder + head; `finetune`: encoder + linear head) become ONE
-ONNX graph, input_ids + attention_mask (int64, dynamic batch and sequence axes) -> `logits`
-(transformer, pooling, optional L2 normalisation and head), plus an optional dynamically
-quantized int8 twin and the fast tokenizer's files. Nothing is written unless the graph matches
-PyTorch: probabilities (calibrated when the bundle has calibration.json, else softmax) of ONNX
-fp32 and int8 are compared with `load_classifier(bundle).logits` on a stratified sample of the
-validation split, through the very runtime that serves them (`OnnxRuntime`, tokenizer included).
-A miss raises `ExportError` with the figures and leaves no new output (atomic directory swap).
-
-Choices, measured on demo_embedding (MiniLM-L6 + MLP head, 128 tokens, 2 threads):
-- exporter `torchscript` with eager attention: its graph runs ~20% faster in ONNX Runtime than
-  the dynamo exporter's (whose SDPA decomposition ORT fuses less); both pass parity (~1e-6).
-- int8: `quantize_dynamic` of the MatMuls only (quantizing the word-embedding Gather costs
-  agreement and saves only memory), per-channel weights, after SmoothQuant: per input channel
-  the activation outliers of BERT-style encoders (LayerNorm dims ~15x the median) are divided
-  out of the activations and multiplied into the weights (exact in fp32), the strength alpha
-  chosen per MatMul group by simulating the quantization error on calibration texts. The FFN
-  output MatMuls stay fp32: their GELU inputs have per-token outliers no channel scaling
-  removes. Top-1 agreement with PyTorch on the whole val split: plain dynamic int8 ~97.4%,
-  + SmoothQuant 99.0%, + FFN outputs in fp32 99.4-99.55% (every remaining flip a near-tie,
-  accuracy unchanged); 1.4x the fp32 graph's throughput (~176 vs ~124 texts/s).
-
-tfidf bundles are not converted: the model is a sparse vocabulary lookup plus a sparse dot
-product that sklearn runs in microseconds per paper, and an ONNX version would need another
-dependency (skl2onnx) and a second implementation of the vectorizer's analyzer that would have
-to match it exactly, for no speed gain. Their export directory is the bundle's files plus
-export.json with runtime "sklearn", so serving loads every export the same way.
+"""What both exports share: their config dataclasses, bundle fingerprints, probe texts for parity,
+copying bundle files, version stamps, the parity report and the export summary.
 """
 
 from __future__ import annotations

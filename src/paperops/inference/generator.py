@@ -1,4 +1,6 @@
-"""TODO docstring paperops/inference/generator.py"""
+"""Loading a language model for generation (a bundle on torch, or an ONNX export) and running one
+seeded generation: what `paperops generate` and the API's generator share.
+"""
 
 import json
 import time

@@ -1,4 +1,6 @@
-"""TODO docstring paperops/inference/onnx_session.py"""
+"""Opening ONNX Runtime sessions the same way for the classifier and the decoder: thread counts
+from config, and a clear 're-export' hint when a graph is missing or corrupt.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""TODO docstring paperops/requestlog/queries.py"""
+"""Readers of the request log: the drift job's window of predictions (oldest first), generations,
+request counts, and the stored drift reports the API serves at /v1/monitoring/drift.
+
+Opened read-only where the database allows it, so a drift job never blocks the writer.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""TODO docstring paperops/requestlog/writer.py"""
+"""`RequestLog`: the one background thread that writes the request log.
+
+A response never waits for the disk unless `durable` asks it to: records queue in memory and
+are written in batches (group commit); with `durable`, `wait_written(seq)` lets a handler answer
+only after its rows are committed (kill -9 then loses no answered request, measured in
+docs/reliability.md). A full queue or a failing database drops rows and counts them.
+"""
 
 from __future__ import annotations
 

@@ -1,2 +1,6 @@
-"""Serving: runtimes (ONNX Runtime, sklearn, torch), the FastAPI app, micro-batching, metrics,
-the request log and the web page. `paperops serve` and `paperops predict` start here."""
+"""Serving: the FastAPI app factory, its routes, micro-batching and the generation engine, model
+loading (directory, registry, export cache), metrics, settings and the web page.
+
+May import every room below it (export, tracking, inference, models, requestlog, ...); not
+monitor, its peer, nor cli.
+"""

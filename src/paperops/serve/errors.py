@@ -1,4 +1,7 @@
-"""TODO docstring paperops/serve/errors.py"""
+"""Errors the API answers with: `ApiError` and the handlers that give every 4xx/5xx the shape
+`{"error": "<one line>", "detail": [{"loc", "msg", "type"}]}`, so a client can always point at
+the field and the rule.
+"""
 
 from collections.abc import Sequence
 from typing import Any

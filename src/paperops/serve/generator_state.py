@@ -1,4 +1,9 @@
-"""TODO docstring paperops/serve/generator_state.py"""
+"""`GeneratorState`: the language model next to the classifier in one app.
+
+Holds the loaded generator (bundle or ONNX export) and its continuous-batching engine, loads it
+in the background when asked, and logs every answered generation. Without a language model the
+generation routes answer 503 with the reason and the classifier serves on.
+"""
 
 import asyncio
 import logging

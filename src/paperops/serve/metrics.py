@@ -10,7 +10,7 @@ URLs cannot blow up the number of series.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -309,6 +309,19 @@ class ServeMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+def _flat(routes: Sequence[Any]) -> Iterator[Any]:
+    """The app's routes with included routers opened: FastAPI 0.16x keeps an included router as
+    one lazy `_IncludedRouter` entry instead of copying its routes, and that entry has no path.
+    The app includes its routers without a prefix, so their declared paths are the real ones."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        context = getattr(route, "include_context", None)
+        if inner is not None and not getattr(context, "prefix", ""):
+            yield from _flat(inner.routes)
+        else:
+            yield route
+
+
 def route_template(
     scope: Scope, routes: Callable[[], Sequence[Any]], probe: Scope | None = None
 ) -> str:
@@ -319,7 +332,7 @@ def route_template(
     if route is not None and hasattr(route, "path"):
         return str(route.path)
     probe = probe if probe is not None else scope
-    for candidate in routes():
+    for candidate in _flat(routes()):
         try:
             match, _ = candidate.matches(probe)
         except (KeyError, TypeError, ValueError):  # a route that cannot judge this scope

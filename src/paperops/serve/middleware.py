@@ -1,4 +1,7 @@
-"""TODO docstring paperops/serve/middleware.py"""
+"""ASGI middleware: the streaming body limit (413 on the bytes as they arrive, 408 when a body
+stalls) and arrival announcements that let the micro-batcher wait for requests still reading
+their body instead of closing a half-full batch.
+"""
 
 import asyncio
 import time

@@ -1,4 +1,6 @@
-"""TODO docstring paperops/serve/schemas_generate.py"""
+"""Request and response models of `/v1/generate` and `/infer`, built from `serve.generator`'s limits
+(shown in the OpenAPI schema) so that validation happens before anything is queued.
+"""
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated

@@ -1,4 +1,7 @@
-"""TODO docstring paperops/serve/state.py"""
+"""`ServeState`: what one app holds (settings, metrics, the micro-batcher once a model is loaded,
+the request log) and the steps shared by the routes: infer through the batcher, log a request,
+wait for its durable commit. Also the lifespan's start/load helpers and request ids.
+"""
 
 import asyncio
 import logging

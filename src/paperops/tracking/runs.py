@@ -31,8 +31,8 @@ log = logging.getLogger("paperops.tracking")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-PYFUNC_FILE = Path(__file__).with_name("mlflow_pyfunc.py")
-LM_PYFUNC_FILE = Path(__file__).with_name("mlflow_pyfunc_lm.py")
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_classifier.py")
+LM_PYFUNC_FILE = Path(__file__).with_name("pyfunc_lm.py")
 UNKNOWN = "unknown"
 SQLITE_PREFIX = "sqlite:///"
 

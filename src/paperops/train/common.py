@@ -1,4 +1,6 @@
-"""TODO docstring paperops/train/common.py"""
+"""What every training run shares: its result, DDP rank-zero checks, the tracked MLflow run
+(with Lightning loggers attached) and the provenance written into training.json.
+"""
 
 from __future__ import annotations
 

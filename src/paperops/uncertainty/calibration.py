@@ -1,4 +1,10 @@
-"""TODO docstring paperops/uncertainty/calibration.py"""
+"""What serving applies to raw logits: a fitted temperature plus a conformal predictor.
+
+`Calibration` is written next to every trained bundle (`calibration.json`) and loaded by the
+predictor, the export parity check and the pyfunc; `fit_calibration` fits both on the
+calibration split, temperature first (sets built on calibrated probabilities adapt better).
+numpy only, so a serve-only install loads it.
+"""
 
 from __future__ import annotations
 
