@@ -95,7 +95,7 @@ def _offline(model_dir: Path, papers_file: Path, threads: int) -> dict[str, Any]
         f"""
         import json, time, numpy as np
         from paperops.data.text import model_text
-        from paperops.serve.runtime import load_predictor
+        from paperops.inference.predictor import load_predictor
         p = load_predictor({str(model_dir)!r}, threads={threads})
         papers = [json.loads(l) for l in open({str(papers_file)!r})]
         texts = [model_text(x["title"], x["abstract"]) for x in papers]

@@ -9,7 +9,7 @@
 - conformal prediction sets fitted on the temperature-scaled calibration probabilities, with the
   empirical test coverage next to the 1 - alpha target;
 - slices by archive, abstract length and year, so an average cannot hide a weak subgroup;
-- behavioural tests (`paperops.behaviour`): invariance to harmless edits, directional checks.
+- behavioural tests (`evaluate.behaviour`): invariance to harmless edits, directional checks.
 
 `Calibration` (temperature + conformal predictor) is what serving applies to raw logits; it and
 this module's import-time dependencies are numpy-only (pandas, matplotlib and the behavioural tests

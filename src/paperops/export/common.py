@@ -133,7 +133,7 @@ class ExportConfig:
             from omegaconf import OmegaConf
 
             values = OmegaConf.to_container(values, resolve=True)  # type: ignore[assignment]
-        # `export.lm` is the language model's own section (paperops.export_lm)
+        # `export.lm` is the language model's own section (paperops.export.lm)
         values = {k: v for k, v in (values or {}).items() if k != "lm"}
         return dataclass_from_mapping(cls, values, "export")
 

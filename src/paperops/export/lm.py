@@ -2,7 +2,7 @@
 
 The graph takes `input_ids`, `attention_mask` (past + new positions), `position_ids` and the
 per-layer past keys/values, and returns the LAST position's logits plus the grown keys/values
-(`paperops.serve.onnx_decoder` names them). The prefill is the same graph with a zero-length
+(`paperops.inference.onnx_decoder` names them). The prefill is the same graph with a zero-length
 past (ONNX Runtime accepts 0-sized dims), so one file serves prefill and decode steps.
 
 Why a hand-written forward instead of tracing `GPT2LMHeadModel` itself: transformers 5 passes the

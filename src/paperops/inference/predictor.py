@@ -3,7 +3,7 @@ in a `Predictor` that turns scores into calibrated answers.
 
 A *runtime* only maps texts to raw logits (one column per label):
 - `onnx` / `onnx-int8`: an exported encoder model in ONNX Runtime (`paperops export`), the
-  serving path for the neural families (see `paperops.serve.onnx_runtime`);
+  serving path for the neural families (see `paperops.inference.onnx_classifier`);
 - `sklearn`: a tfidf bundle (skops), served as is: it is already a few sparse dot products;
 - `torch`: any bundle through `load_classifier` (the fallback, and the naive baseline).
 

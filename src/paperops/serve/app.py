@@ -12,7 +12,7 @@ or over-long text, too many papers, a wrong content type and an oversized body (
 the bytes as they stream in, not only on Content-Length) all get a 4xx whose body names the field
 and the rule: `{"error": "<one line>", "detail": [{"loc": [...], "msg": "...", "type": "..."}]}`.
 
-The language-model endpoints (`/v1/generate`, `/infer`, `paperops.serve.generate`) are always
+The language-model endpoints (`/v1/generate`, `/infer`, `paperops.serve.routes.generate`) are always
 routed; they answer 503 with the reason while no language model is loaded (`generator=` or
 `generator_loader=`; `app.state.generator` holds it). Extra routers can be added with
 `create_app(..., routers=[...])`; they reach this app's state as `request.app.state.serve`.

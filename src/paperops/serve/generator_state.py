@@ -47,7 +47,7 @@ class GeneratorState:
         self.loader = loader
         self.preloaded = generator
         self.gen: LoadedGenerator | None = None
-        self.engine: Any | None = None  # paperops.serve.gen_engine.GenerationEngine
+        self.engine: Any | None = None  # paperops.serve.engine.GenerationEngine
         self.error = error
         self.loading = False
         self.reqlog = reqlog

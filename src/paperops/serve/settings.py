@@ -80,7 +80,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class RequestLogSettings:
-    """The request/prediction log (`paperops.serve.reqlog`); an empty url turns it off."""
+    """The request/prediction log (`paperops.requestlog`); an empty url turns it off."""
 
     url: str | None = None
     queue_size: int = 10_000
@@ -113,7 +113,7 @@ GENERATOR_RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 
 @dataclass(frozen=True)
 class GeneratorSettings:
-    """The language model behind /v1/generate and /infer (`paperops.serve.generate`).
+    """The language model behind /v1/generate and /infer (`paperops.serve.routes.generate`).
 
     `enabled`: "auto" serves the LM when one loads (none registered: the classifier still
     serves and /v1/generate answers 503 with the reason); true makes a failed load fatal and

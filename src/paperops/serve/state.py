@@ -45,8 +45,8 @@ class ServeState:
         self.metrics = metrics
         self.schemas = S.make_schemas(settings.limits)
         self.batcher: MicroBatcher | None = None
-        self.reqlog: Any | None = None  # paperops.serve.reqlog.RequestLog
-        self.generator: Any | None = None  # paperops.serve.generate.GeneratorState
+        self.reqlog: Any | None = None  # paperops.requestlog.writer.RequestLog
+        self.generator: Any | None = None  # paperops.serve.generator_state.GeneratorState
         self.loading = False
         self.load_error: str | None = None
         self.reload_lock = asyncio.Lock()

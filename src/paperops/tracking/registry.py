@@ -26,7 +26,7 @@ from typing import Any
 
 from paperops.tracking.runs import SQLITE_PREFIX, cfg_value, client_for, setup_mlflow, tracking_uri
 
-log = logging.getLogger("paperops.registry")
+log = logging.getLogger("paperops.tracking.registry")
 
 CHAMPION = "champion"
 DEFAULT_NAME = "paperops-classifier"

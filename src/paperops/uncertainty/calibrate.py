@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-# --- input checks (shared with paperops.conformal) ---------------------------------------------
+# --- input checks (shared with uncertainty.conformal) ---------------------------------------
 
 
 def check_logits(logits: Any, name: str = "logits") -> np.ndarray:

@@ -72,7 +72,7 @@ def test_same_seed_same_text_streamed_or_not(
 def test_the_text_is_what_generate_yields(
     runner: CliRunner, cli: typer.Typer, tiny_lm: Path
 ) -> None:
-    """The CLI prints exactly the decoded tokens of paperops.generation for the same seed."""
+    """The CLI prints exactly the decoded tokens of inference.decoding for the same seed."""
     from paperops.inference.decoding import SamplingParams, TorchDecoder, generate
     from paperops.models.lm import load_lm
 

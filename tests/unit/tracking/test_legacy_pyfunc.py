@@ -24,7 +24,7 @@ from paperops.uncertainty.calibrate import softmax
 
 mlflow = pytest.importorskip("mlflow")
 
-LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_pyfunc"
+LEGACY = Path(__file__).resolve().parents[2] / "fixtures" / "legacy_pyfunc"
 
 
 @pytest.fixture(scope="module")
