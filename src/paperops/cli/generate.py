@@ -1,10 +1,10 @@
 """`paperops generate`: sample a continuation from a language model on this machine.
 
-The same decoding code as the API (`paperops.inference.decoding`: `CausalLM.prompt_ids`, KV
-cache, the seeded `Sampler`), so a prompt + seed printed here gives the tokens the API gives on
-the same model through the same backend. The continuation goes to stdout (streamed piece by piece with
-`--stream`); the summary line (tokens, tokens/s, seed to reproduce) goes to stderr, so stdout
-can be piped.
+The same decoding code as the API (`paperops.inference.decoding`: `CausalLM.prompt_ids`, KV cache,
+the seeded `Sampler`), so a prompt + seed printed here gives the tokens the API gives on the same
+model through the same backend. The continuation goes to stdout (streamed piece by piece with
+`--stream`); the summary line (tokens, tokens/s, seed to reproduce) goes to stderr, so stdout can be
+piped.
 """
 
 from __future__ import annotations
