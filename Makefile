@@ -59,10 +59,11 @@ soak: $(STAMP)  ## 10 minutes of mixed API traffic: no 5xx, flat memory, every r
 test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/python -m pytest -q tests/unit
 
-lint: $(STAMP)  ## ruff lint + format check, bandit over src/
+lint: $(STAMP)  ## ruff lint + format check, bandit over src/, the layers check (imports only go down)
 	$(BIN)/ruff check src tests benchmarks deploy scripts
 	$(BIN)/ruff format --check src tests benchmarks deploy scripts
 	$(BIN)/bandit -r src -c pyproject.toml -q
+	$(BIN)/python scripts/check_layers.py
 
 audit: $(STAMP)  ## pip-audit of requirements/lock.txt (PyPI only) -> reports/security/
 	$(BIN)/python scripts/audit.py
