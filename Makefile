@@ -48,8 +48,13 @@ demo: $(STAMP)  ## the pipeline (dvc repro), then the API on loopback classifyin
 serve: $(STAMP)  ## serve the registry champion on http://127.0.0.1:8000 until Ctrl-C
 	paperops serve
 
-test: $(STAMP) sysdeps  ## run the whole test suite
-	$(BIN)/python -m pytest -q
+# Two workers: most slow tests wait on servers, subprocesses and DVC rather than the CPU.
+# loadscope keeps a module's tests (and its module-scoped servers) in one worker. Tests marked
+# serial run afterwards in one process (schemathesis generates no cases inside an xdist worker).
+PARALLEL := -n 2 --dist loadscope
+test: $(STAMP) sysdeps  ## run the whole test suite (2 workers, then the serial tests)
+	$(BIN)/python -m pytest -q $(PARALLEL) -m "not serial"
+	$(BIN)/python -m pytest -q -m serial
 
 # The 60 s soak runs in `make test`; this is the 10-minute one (figures: reports/reliability/).
 soak: $(STAMP)  ## 10 minutes of mixed API traffic: no 5xx, flat memory, every request logged
@@ -57,7 +62,7 @@ soak: $(STAMP)  ## 10 minutes of mixed API traffic: no 5xx, flat memory, every r
 	  $(BIN)/python -m pytest -q -s --timeout=1800 tests/reliability/test_soak.py
 
 test-fast: $(STAMP)  ## unit tests only
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q $(PARALLEL) tests/unit
 
 lint: $(STAMP)  ## ruff lint + format check, bandit over src/, the layers check (imports only go down)
 	$(BIN)/ruff check src tests benchmarks deploy scripts

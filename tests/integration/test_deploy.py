@@ -180,7 +180,7 @@ def test_locust_runs_bounded_against_the_api(compose: dict) -> None:
 
 def test_locustfile_only_calls_routes_the_api_has() -> None:
     routes = set()
-    for py in (REPO / "src" / "paperops" / "serve").glob("*.py"):
+    for py in (REPO / "src" / "paperops" / "serve").rglob("*.py"):
         routes |= set(re.findall(r"\.(?:get|post)\(\s*\"(/[^\"]*)\"", py.read_text()))
     tree = ast.parse((DEPLOY / "locust" / "locustfile.py").read_text())
     called = {
@@ -726,8 +726,10 @@ def test_serve_extra_covers_the_onnx_classifier_runtime() -> None:
     export imports must be there (a serve-only install failed with `No module named
     'tokenizers'` when it was not)."""
     provided = _requirement_names("base.txt", "serve.txt")
-    source = (REPO / "src" / "paperops" / "serve" / "onnx_runtime.py").read_text()
-    assert missing_distributions(source, provided) == [], "add the pins to requirements/serve.txt"
+    for name in ("onnx_classifier.py", "onnx_session.py"):
+        source = (REPO / "src" / "paperops" / "inference" / name).read_text()
+        missing = missing_distributions(source, provided)
+        assert missing == [], f"{name}: add the pins to requirements/serve.txt"
     assert missing_distributions("import torch\n", provided) == ["torch (torch)"]
 
 

@@ -28,9 +28,6 @@ from paperops.models.base import is_language_model
 
 log = logging.getLogger("paperops.tracking")
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_classifier.py")
 LM_PYFUNC_FILE = Path(__file__).with_name("pyfunc_lm.py")
 UNKNOWN = "unknown"
@@ -78,6 +75,13 @@ def _artifact_location(logger_cfg: Any) -> str | None:
     return path.as_uri()
 
 
+def quiet_mlflow() -> None:
+    """No telemetry and no artifact progress bars, unless the user set them: called where a run
+    or a client starts, never at import (importing a module must not change the environment)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def setup_mlflow(logger_cfg: Any) -> str:
     """Point MLflow at the configured store and return the experiment id (created if missing).
 
@@ -85,6 +89,7 @@ def setup_mlflow(logger_cfg: Any) -> str:
     experiment gets `artifact_location` as an absolute file URI so artifacts land in one place
     whatever the working directory of a later run.
     """
+    quiet_mlflow()
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -112,6 +117,7 @@ def setup_mlflow(logger_cfg: Any) -> str:
 
 def client_for(logger_cfg: Any) -> Any:
     """An MlflowClient bound to the configured store (tracking and registry)."""
+    quiet_mlflow()
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(logger_cfg)

@@ -458,6 +458,8 @@ def cli_overrides(prepared: Path, tmp_path: Path, **extra: Any) -> list[str]:
         "export.report": tmp_path / "reports" / "export.json",
         "export.parity.int8_max_abs_diff": 1.0,
         "export.parity.int8_min_agreement": 0.0,
+        # as LOOSE_INT8: 1 flip in 7 probe papers of a random 32-wide BERT is no export bug
+        "export.parity.int8_max_accuracy_drop": "null",
         "export.quantize.calibration_rows": 16,
         **extra,
     }
