@@ -11,7 +11,9 @@ import typer
 
 from paperops.cli.common import Overrides, compose, fail
 from paperops.data.errors import DataError
-from paperops.data.harvest import DEFAULT_BASE_URL
+from paperops.data.harvest import DEFAULT_BASE_URL, HarvestError, harvest
+from paperops.data.prepare import PrepareConfig, prepare
+from paperops.data.validate import validate_processed, validate_raw, write_report
 
 log = logging.getLogger("paperops")
 
@@ -27,7 +29,6 @@ def data_prepare(
     ] = None,
 ) -> None:
     """Clean, label, de-duplicate and split raw arXiv metadata into parquet + labels.json + card."""
-    from paperops.data.prepare import PrepareConfig, prepare
 
     cfg = compose(overrides).data
     try:
@@ -55,7 +56,6 @@ def data_validate(
     ] = None,
 ) -> None:
     """Check processed splits (or a raw file) against the data rules; exit 1 on any violation."""
-    from paperops.data.validate import validate_processed, validate_raw, write_report
 
     cfg = compose(overrides).data
     try:
@@ -96,7 +96,6 @@ def data_harvest(
     restart: Annotated[bool, typer.Option(help="Ignore saved progress and start over.")] = False,
 ) -> None:
     """Harvest arXiv metadata over OAI-PMH into JSON lines; resumes where an earlier run stopped."""
-    from paperops.data.harvest import HarvestError, harvest
 
     def progress(pages: int, total: int) -> None:
         log.info("page %d: %d records in %s", pages, total, out)

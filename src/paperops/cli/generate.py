@@ -17,6 +17,7 @@ import typer
 from paperops.cli.common import compose, fail
 from paperops.config import cfg_get
 from paperops.inference.generator import option_or, run_generation
+from paperops.models.base import ModelLoadError
 from paperops.models.process import set_torch_threads
 from paperops.serve.loader import resolve_lm
 
@@ -92,8 +93,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Continue PROMPT with a language model on this machine; print the text, then tokens,
         tokens/s and the seed (to reproduce the sample) on stderr."""
+        # deferred: pulls torch
         from paperops.inference.decoding import SamplingParams
-        from paperops.models.base import ModelLoadError
 
         if model is not None and ref is not None:
             raise fail("give either --model or --ref, not both")

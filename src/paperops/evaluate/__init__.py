@@ -15,6 +15,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from paperops.data.datamodule import data_hash, load_splits_for_model, read_labels
+from paperops.evaluate.classifier import evaluate_classifier
+from paperops.evaluate.config import EvalConfig
 from paperops.models.base import (
     LANGUAGE_MODEL,
     bundle_task,
@@ -30,11 +32,10 @@ def evaluate_bundle(
     cfg: DictConfig, model_dir: Path, report_dir: Path, *, log_to_mlflow: bool = True
 ) -> dict[str, Any]:
     """Evaluate a bundle on the test split it was trained for (same caps and seed)."""
-    from paperops.evaluate.classifier import evaluate_classifier
-    from paperops.evaluate.config import EvalConfig
 
     model_dir, report_dir = Path(model_dir), Path(report_dir)
     if bundle_task(model_dir) == LANGUAGE_MODEL:  # a clear error before any data is read
+        # deferred: pulls lightning, torch
         from paperops.evaluate.lm import evaluate_lm
 
         return evaluate_lm(cfg, model_dir, report_dir, log_to_mlflow=log_to_mlflow)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from paperops.data.datamodule import EmptySplitError
 from paperops.data.text import model_text
 from paperops.evaluate.config import BehaviouralConfig, EvalConfig
 from paperops.uncertainty.calibrate import log_softmax
@@ -280,8 +281,6 @@ def run_behavioural(
     """
     bcfg = cfg.behavioural if isinstance(cfg, EvalConfig) else cfg
     if len(test) == 0:
-        from paperops.data.datamodule import EmptySplitError
-
         raise EmptySplitError(
             f"the {test.name!r} split is empty: no papers to run behavioural tests"
         )

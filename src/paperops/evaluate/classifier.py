@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from paperops.data.datamodule import EmptySplitError
+from paperops.evaluate.behaviour import run_behavioural
 from paperops.evaluate.config import EvalConfig
 from paperops.evaluate.metrics import classification_metrics
 from paperops.evaluate.report import ARTIFACTS, _per_class_csv, plot_confusion_matrix, render_report
@@ -50,8 +52,6 @@ def _require(splits: Mapping[str, TextSplit], name: str) -> TextSplit:
         raise ValueError(f"evaluation needs the {name!r} split; got splits {sorted(splits)}")
     split = splits[name]
     if len(split) == 0:
-        from paperops.data.datamodule import EmptySplitError
-
         raise EmptySplitError(
             f"the {name!r} split is empty: nothing to evaluate on; re-run `paperops data "
             "prepare` with fractions that give it some papers"
@@ -97,7 +97,6 @@ def evaluate_classifier(
     "train" split, when given, supplies directional-test vocabulary for labels without curated
     terms.
     """
-    from paperops.evaluate.behaviour import run_behavioural
 
     cal, test = _require(splits, "calibration"), _require(splits, "test")
     labels = list(model.labels)

@@ -17,8 +17,12 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from paperops.data.corpus import load_corpus
+from paperops.inference.decoding import SamplingParams, TorchDecoder, generate
 from paperops.io import atomic_write_text
+from paperops.models.base import training_info
 from paperops.models.lm import CausalLM, LMConfig, load_lm
+from paperops.tracking.runs import log_evaluation
 
 log = logging.getLogger(__name__)
 LENGTH_SLICES = ((0, 16), (16, 32), (32, 64), (64, 10**9))  # document length in tokens
@@ -64,8 +68,6 @@ def evaluate_lm(
     cfg: DictConfig, model_dir: Path, report_dir: Path, *, log_to_mlflow: bool = True
 ) -> dict[str, Any]:
     """Test-split metrics of an LM bundle on the corpus it was trained on -> report_dir."""
-    from paperops.data.corpus import load_corpus
-    from paperops.models.base import training_info
 
     model_dir, report_dir = Path(model_dir), Path(report_dir)
     lm = load_lm(model_dir)
@@ -100,8 +102,6 @@ def evaluate_lm(
         "test perplexity %.2f (unigram %.2f)", metrics["perplexity"], metrics["unigram_perplexity"]
     )
     if log_to_mlflow and info.get("run_id"):
-        from paperops.tracking.runs import log_evaluation
-
         log_evaluation(cfg, info["run_id"], metrics, report_dir)
     return metrics
 
@@ -145,7 +145,6 @@ SAMPLES_FILE = "samples.json"
 
 def sample_continuations(lm: CausalLM, config: LMConfig, seed: int) -> list[dict[str, Any]]:
     """The fixed prompts' continuations (seeded): how the model writes, run after run."""
-    from paperops.inference.decoding import SamplingParams, TorchDecoder, generate
 
     backend = TorchDecoder(lm)
     out = []

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from paperops.data.taxonomy import archive_of
 from paperops.evaluate.config import EvalConfig
 from paperops.evaluate.metrics import _prf, confusion_matrix
 from paperops.uncertainty.calibrate import (
@@ -28,7 +29,6 @@ SLICE_MIN_ECE = 50
 
 
 def _archive(label: str) -> str:
-    from paperops.data.taxonomy import archive_of
 
     try:
         return archive_of(label)

@@ -60,10 +60,18 @@ from paperops.export.common import (
     probe_texts,
 )
 from paperops.export.quantize import _quantize
-from paperops.inference.onnx_classifier import INPUT_NAMES, OUTPUT_NAME
+from paperops.inference.onnx_classifier import INPUT_NAMES, OUTPUT_NAME, OnnxRuntime
 from paperops.io import atomic_dir, atomic_write_text
-from paperops.models.base import EXPORT_FILE, NEURAL_FAMILIES, load_calibration, read_meta
+from paperops.models.base import (
+    EXPORT_FILE,
+    NEURAL_FAMILIES,
+    load_calibration,
+    load_classifier,
+    read_meta,
+)
 from paperops.models.process import torch_threads
+from paperops.uncertainty.calibrate import softmax
+from paperops.uncertainty.calibration import finite_logits
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +166,6 @@ def _save_tokenizer(encoder: Any, directory: Path) -> dict[str, Any]:
 
 
 def _probabilities(logits: np.ndarray, calibration: Any | None) -> np.ndarray:
-    from paperops.uncertainty.calibrate import softmax
-    from paperops.uncertainty.calibration import finite_logits
 
     z = finite_logits(logits)
     return softmax(z) if calibration is None else calibration.temperature.transform(z)
@@ -259,8 +265,6 @@ def export_bundle(
         source = "probe texts (no data given)"
     if not parity_texts:
         raise ExportError("no texts to check parity on: give texts or a processed data dir")
-
-    from paperops.models.base import load_classifier
 
     export_meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -386,7 +390,6 @@ def _onnx_parity(
     out_dir: Path,
 ) -> dict[str, Any]:
     """fp32 parity, then (optionally) quantize and int8 parity; raises on the first miss."""
-    from paperops.inference.onnx_classifier import OnnxRuntime
 
     p = cfg.parity
     t = time.perf_counter()

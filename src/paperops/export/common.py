@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from paperops.config import dataclass_from_mapping
+from paperops.data.datamodule import load_splits_for_model
+from paperops.data.taxonomy import label_name
+from paperops.data.text import model_text
 from paperops.inference.onnx_classifier import (
     read_export_meta,
 )
@@ -194,8 +197,6 @@ def probe_texts(labels: Sequence[str], n_repeat: int = 6) -> list[str]:
 
     They check that graph and tokenizer reproduce PyTorch; they are not a quality measurement.
     """
-    from paperops.data.taxonomy import label_name
-    from paperops.data.text import model_text
 
     out = []
     for label in labels:
@@ -210,7 +211,6 @@ def _split_texts(
     processed_dir: Path, split: str, max_rows: int | None, seed: int
 ) -> tuple[list[str], list[str]]:
     """Model texts and label strings of a (stratified, seeded) sample of a processed split."""
-    from paperops.data.datamodule import load_splits_for_model
 
     splits, _ = load_splits_for_model(
         processed_dir, (split,), max_rows={split: max_rows}, seed=seed

@@ -267,6 +267,7 @@ def _quantize(fp32_path: Path, out_path: Path, cfg: LMExportConfig) -> dict[str,
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[Any, Any, Any]:
+    # deferred: pulls torch
     from paperops.inference.decoding import left_pad
 
     return left_pad(rows, pad)
@@ -341,6 +342,7 @@ def _stepwise_nll(backend: Any, blocks: Sequence[Sequence[int]], pad: int) -> tu
 
 
 def _perplexities(lm: Any, backends: Mapping[str, Any], texts: Sequence[str], n_texts: int):
+    # deferred: pulls lightning, torch
     from paperops.models.lm import pack_blocks
 
     blocks = pack_blocks(
@@ -425,7 +427,10 @@ def export_lm(
     perplexity delta (skipped when None); `int8` overrides the config. Raises ModelLoadError for
     a missing/corrupt bundle and ExportError when conversion fails or parity misses.
     """
+    # deferred: pulls torch
     from paperops.inference.decoding import TorchDecoder
+
+    # deferred: pulls lightning, torch
     from paperops.models.lm import load_lm
 
     t0 = time.perf_counter()

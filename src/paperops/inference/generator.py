@@ -14,8 +14,10 @@ from paperops.models.base import (
     EXPORT_FILE,
     LANGUAGE_MODEL,
     LM_FAMILY,
+    ModelLoadError,
     is_language_model,
     probe_task,
+    read_meta,
 )
 from paperops.models.process import set_torch_threads
 
@@ -70,7 +72,6 @@ def load_generator(
 
     runtime: torch (a bundle), onnx / onnx-int8 (an export directory), auto (whichever the
     directory is). Raises ModelLoadError naming the directory and the fix."""
-    from paperops.models.base import ModelLoadError, read_meta
 
     path = Path(path)
     if not path.is_dir():
@@ -104,7 +105,10 @@ def load_generator(
                 "the LM bundle for torch"
             )
 
+        # deferred: pulls torch
         from paperops.inference.decoding import TorchDecoder
+
+        # deferred: pulls lightning, torch
         from paperops.models.lm import load_lm
 
         meta = read_meta(path)
@@ -135,6 +139,7 @@ def load_generator(
 
 def _warm(gen: LoadedGenerator) -> None:
     """A prefill and one decode step before serving: lazy init is not the first user's cost."""
+    # deferred: pulls torch
     from paperops.inference.decoding import SamplingParams, generate
 
     ids = gen.prompt_ids(WARMUP_PROMPT)[: max(1, gen.context_length - 2)]
@@ -195,6 +200,7 @@ def run_generation(
     on_piece: Any = None,
 ) -> GenerationResult:
     """Generate from `prompt` with `params` (a SamplingParams); `on_piece(text)` per piece."""
+    # deferred: pulls torch
     from paperops.inference.decoding import Sampler, TorchDecoder, generate
 
     prompt_ids = lm.prompt_ids(prompt)

@@ -26,6 +26,7 @@ import numpy as np
 
 from paperops.data.taxonomy import label_name
 from paperops.data.text import model_text
+from paperops.inference.onnx_classifier import OnnxRuntime, read_export_meta
 from paperops.models.base import (
     CALIBRATION_FILE,
     EXPORT_FILE,
@@ -36,6 +37,8 @@ from paperops.models.base import (
     read_meta,
 )
 from paperops.models.process import set_torch_threads
+from paperops.uncertainty.calibrate import softmax
+from paperops.uncertainty.calibration import finite_logits
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +137,6 @@ class Predictor:
 
     def probabilities(self, texts: Sequence[str]) -> tuple[np.ndarray, list[list[int]]]:
         """Calibrated probabilities (n, k) and conformal sets (class indices) for model texts."""
-        from paperops.uncertainty.calibrate import softmax
-        from paperops.uncertainty.calibration import finite_logits
 
         logits = self.runtime.logits(texts)
         if self.calibration is None:
@@ -207,8 +208,6 @@ def load_predictor(
     family = str(meta["family"])
     export_meta: dict[str, Any] | None = None
     if (model_dir / EXPORT_FILE).is_file():
-        from paperops.inference.onnx_classifier import read_export_meta
-
         export_meta = read_export_meta(model_dir)
     exported_as = None if export_meta is None else str(export_meta["runtime"])
     if exported_as not in (None, "onnx", "sklearn"):
@@ -242,7 +241,6 @@ def load_predictor(
                 f"{model_dir} is {what}"
                 + ("" if exported_as else f": run `paperops export --model {model_dir}`")
             )
-        from paperops.inference.onnx_classifier import OnnxRuntime
 
         rt: Runtime = OnnxRuntime.load(model_dir, int8=runtime == "onnx-int8", threads=threads)
     else:

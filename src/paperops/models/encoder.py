@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from paperops.data.datamodule import texts_hash
+from paperops.io import atomic_write_text
 from paperops.models.base import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -307,7 +308,6 @@ class Encoder(nn.Module):
             {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
             for i, (path, kind) in enumerate(kinds)
         ]
-        from paperops.io import atomic_write_text
 
         atomic_write_text(directory / "modules.json", json.dumps(modules, indent=2) + "\n")
         pooling_cfg = {"word_embedding_dimension": self.dim} | {

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from paperops.models.base import META_FILE, ModelLoadError, read_meta
 from paperops.models.process import set_torch_threads
 
 log = logging.getLogger(__name__)
@@ -427,8 +428,6 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a bundle file, or a ModelLoadError that names the file and what to do."""
     from safetensors.torch import load_file
 
-    from paperops.models.base import ModelLoadError
-
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path} not found: retrain or restore it")
@@ -442,7 +441,6 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def read_bundle_meta(directory: Path, family: str) -> dict[str, Any]:
     """model.json of a `family` bundle, with clear errors for missing/corrupt/wrong family."""
-    from paperops.models.base import META_FILE, ModelLoadError, read_meta
 
     meta_path = Path(directory) / META_FILE
     meta = read_meta(directory)

@@ -27,7 +27,9 @@ import numpy as np
 import pandas as pd
 
 from paperops import __version__
+from paperops.data.text import model_text
 from paperops.monitor import stats
+from paperops.monitor.report import write_reports
 from paperops.monitor.stats import words
 
 log = logging.getLogger(__name__)
@@ -164,7 +166,6 @@ class Reference:
 
 
 def load_reference(cfg: DriftConfig) -> Reference:
-    from paperops.data.text import model_text
 
     path = Path(cfg.processed_dir) / f"{cfg.reference_split}.parquet"
     if not path.is_file():
@@ -202,12 +203,12 @@ class Window:
 
     @property
     def texts(self) -> list[str]:
-        from paperops.data.text import model_text
 
         return [model_text(r["title"], r["abstract"]) for r in self.rows if r["title"] is not None]
 
 
 def load_window(cfg: DriftConfig, window: str | None = None, now: float | None = None) -> Window:
+    # deferred: pulls sqlalchemy
     from paperops.requestlog.queries import read_predictions
 
     spec = window or cfg.window
@@ -366,6 +367,7 @@ def embed_texts(cfg: DriftConfig, ref_texts: list[str], win_texts: list[str]) ->
             svd.transform(vec.transform(win_texts)),
             f"TF-IDF + SVD ({dims} dims) fitted on the reference",
         )
+    # deferred: pulls torch
     from paperops.models.encoder import EmbeddingCache, embed, load_encoder
 
     encoder = load_encoder(cfg.encoder)
@@ -519,7 +521,6 @@ def compute(cfg: DriftConfig, ref: Reference, win: Window) -> dict[str, Any]:
 
 def run_drift(cfg: DriftConfig, window: str | None = None) -> dict[str, Any]:
     """Load, compute, write reports (JSON + HTML) and store the report for the API."""
-    from paperops.monitor.report import write_reports
 
     ref = load_reference(cfg)
     win = load_window(cfg, window)
@@ -532,6 +533,7 @@ def run_drift(cfg: DriftConfig, window: str | None = None) -> dict[str, Any]:
     report = compute(cfg, ref, win)
     write_reports(report, Path(cfg.output_dir), ref=ref, win=win)
     if cfg.store:
+        # deferred: pulls sqlalchemy
         from paperops.requestlog.queries import save_drift_report
 
         save_drift_report(cfg.request_log, report)

@@ -66,6 +66,7 @@ def _write_evidently(path: Path, ref: Any, win: Any) -> bool:
                 "confidence": [float(r["confidence"]) for r in win.rows],
             }
         )
+        # deferred: pulls scipy
         from paperops.monitor.stats import words
 
         win_texts = win.texts

@@ -33,7 +33,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from paperops import __version__
-from paperops.inference.predictor import Predictor
+from paperops.inference.predictor import Predictor, load_predictor
+from paperops.models.base import ModelLoadError
 from paperops.serve.errors import _install_error_handlers
 from paperops.serve.generator_state import GeneratorState
 from paperops.serve.metrics import HttpMetricsMiddleware, ServeMetrics
@@ -173,8 +174,6 @@ async def _lifespan(state: ServeState, predictor: Predictor | None) -> Any:
 def path_loader(model_dir: Path, *, runtime: str = "auto", threads: int | None = None) -> Loader:
     """A loader for a server started from a directory: `{"model": path}` loads another one,
     None reloads `model_dir`; registry refs need the CLI's loader (it knows the registry)."""
-    from paperops.inference.predictor import load_predictor
-    from paperops.models.base import ModelLoadError
 
     def load(spec: dict[str, Any] | None) -> Predictor:
         spec = spec or {}

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from paperops.inference.generator import GeneratorLoader, LoadedGenerator
+from paperops.requestlog.schema import GenerationRecord
+from paperops.serve.batching import QueueFull
+from paperops.serve.errors import ApiError
 from paperops.serve.metrics import ServeMetrics
 from paperops.serve.settings import GeneratorSettings
 
@@ -83,6 +86,7 @@ class GeneratorState:
         self.install(gen)
 
     def install(self, gen: LoadedGenerator) -> None:
+        # deferred: pulls torch
         from paperops.serve.engine import GenerationEngine
 
         s = self.settings
@@ -149,7 +153,6 @@ class GeneratorState:
             await self.confirm_logged(ctx.get("log_seq"))
 
     def ready(self) -> tuple[LoadedGenerator, Any]:
-        from paperops.serve.errors import ApiError
 
         reason = self.not_ready_reason()
         if reason is not None or self.gen is None or self.engine is None:
@@ -162,7 +165,6 @@ class GeneratorState:
         return self.gen, self.engine
 
     def prompt_ids(self, gen: LoadedGenerator, prompt: str, field: str = "prompt") -> list[int]:
-        from paperops.serve.errors import ApiError
 
         ids = gen.prompt_ids(prompt)
         ctx = gen.context_length
@@ -179,9 +181,8 @@ class GeneratorState:
     def submit(
         self, engine: Any, ids: list[int], params: Any, context: dict[str, Any]
     ) -> "GenRequest":
-        from paperops.serve.batching import QueueFull
+        # deferred: pulls torch
         from paperops.serve.engine import EngineClosed
-        from paperops.serve.errors import ApiError
 
         try:
             return engine.submit(
@@ -217,7 +218,6 @@ class GeneratorState:
         reqlog = self.reqlog()
         if reqlog is None:
             return
-        from paperops.requestlog.schema import GenerationRecord
 
         status = {"cancelled": STATUS_CANCELLED, "error": 500}.get(result.finish_reason, 200)
         # read by the handler once the result is out: it answers after the row is committed

@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from paperops.config import cfg_get
+from paperops.export.lm import ensure_lm_export
+from paperops.inference.generator import load_generator
 from paperops.inference.predictor import Predictor, load_predictor
 from paperops.models.base import NEURAL_FAMILIES, ModelLoadError, read_meta
+from paperops.tracking import registry
+from paperops.tracking.runs import SQLITE_PREFIX, tracking_uri
 
 DEFAULT_REGISTERED = "paperops-generator"
 
@@ -80,7 +84,6 @@ def _from_registry(cfg: Any, ref: str, runtime: str, threads: int | None) -> Pre
     try:
         from mlflow.exceptions import MlflowException
 
-        from paperops.tracking import registry
     except ImportError as e:  # a serve-only install has no mlflow
         raise ModelLoadError(
             f"serving a registered model needs the train extra ({e}); "
@@ -161,7 +164,6 @@ def resolve_generator(cfg: Any, model: Path | None = None, ref: str | None = Non
     the registry's `serve.generator.registered_model` (`paperops-generator`).
 
     Raises ModelLoadError with the fix when none can be loaded."""
-    from paperops.inference.generator import load_generator
 
     runtime = str(cfg_get(cfg, "serve.generator.runtime", "auto"))
     threads = cfg_get(cfg, "serve.generator.threads")
@@ -179,7 +181,6 @@ def resolve_generator(cfg: Any, model: Path | None = None, ref: str | None = Non
     try:
         from mlflow.exceptions import MlflowException
 
-        from paperops.tracking import registry
     except ImportError as e:
         raise ModelLoadError(
             f"loading a registered language model needs the train extra ({e}); "
@@ -218,8 +219,6 @@ def _lm_export(cfg: Any, bundle: Path, models_dir: Path, key: str, threads: int 
     same); the bundle itself, served by PyTorch, when exporting is not possible here."""
     export_dir = Path(str(cfg_get(cfg, "serve.export_dir", models_dir / "export"))) / key
     try:
-        from paperops.export.lm import ensure_lm_export
-
         return ensure_lm_export(bundle, export_dir, cfg=cfg_get(cfg, "export.lm"), threads=threads)
     except (ImportError, RuntimeError, ValueError) as e:
         if str(cfg_get(cfg, "serve.generator.runtime", "auto")) != "auto":
@@ -231,7 +230,6 @@ def _lm_export(cfg: Any, bundle: Path, models_dir: Path, key: str, threads: int 
 def _require_store(cfg: Any, name: str, ref: str) -> None:
     """Fail fast, before importing mlflow, when the tracking store is a SQLite file that does
     not exist: a classifier-only server must not pay seconds at start to find no LM."""
-    from paperops.tracking.runs import SQLITE_PREFIX, tracking_uri
 
     try:
         uri = tracking_uri(cfg.logger)
@@ -259,7 +257,7 @@ def resolve_lm(cfg: Any, model: Path | None, ref: str | None) -> tuple[Any, str]
     """The LM to use and a description of where it came from: `model` (a bundle directory),
     else `serve.generator.model` when configured, else registry version `ref` (default
     `champion`) of the generator's registered model."""
-    from paperops.models.base import ModelLoadError
+    # deferred: pulls lightning, torch
     from paperops.models.lm import load_lm
 
     if model is None and ref is None and cfg_get(cfg, "serve.generator.model"):

@@ -15,6 +15,8 @@ import anyio
 from fastapi import Request
 
 from paperops.inference.predictor import ModelInfo, PaperPrediction, Predictor
+from paperops.requestlog.schema import PaperLogRow, RequestRecord
+from paperops.requestlog.writer import RequestLog
 from paperops.serve import schemas as S
 from paperops.serve.batching import BatcherClosed, BatchResult, MicroBatcher, QueueFull
 from paperops.serve.errors import ApiError
@@ -135,7 +137,6 @@ class ServeState:
         """Queue the request's log rows; the record's sequence number for `confirm_logged`."""
         if self.reqlog is None:
             return None
-        from paperops.requestlog.schema import PaperLogRow, RequestRecord
 
         rows = [
             PaperLogRow(
@@ -209,7 +210,6 @@ async def start_request_log(state: ServeState) -> None:
     if not cfg.enabled:
         log.warning("request log disabled (serve.request_log.url is empty): nothing is logged")
         return
-    from paperops.requestlog.writer import RequestLog
 
     reqlog = RequestLog(
         str(cfg.url),

@@ -23,6 +23,10 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from paperops.data.text import model_text
+from paperops.models.base import CALIBRATION_FILE, load_classifier
+from paperops.uncertainty.calibrate import TemperatureScaler, softmax
+
 BUNDLE_ARTIFACT = "bundle"
 PROB_PREFIX = "prob_"
 INPUT_COLUMNS = ("title", "abstract")
@@ -36,8 +40,6 @@ INPUT_EXAMPLE = {
 
 def read_temperature(bundle_dir: Path) -> float:
     """T from calibration.json ({"temperature": {"temperature": T, ...}, ...}); 1.0 when absent."""
-    from paperops.models.base import CALIBRATION_FILE
-    from paperops.uncertainty.calibrate import TemperatureScaler
 
     path = Path(bundle_dir) / CALIBRATION_FILE
     if not path.is_file():
@@ -55,7 +57,6 @@ def output_columns(labels: list[str]) -> list[str]:
 
 
 def _texts(model_input: Any) -> list[str]:
-    from paperops.data.text import model_text
 
     frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
     missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
@@ -73,7 +74,6 @@ class BundleModel(PythonModel):
     """Top label + calibrated probabilities of any paperops classifier bundle."""
 
     def load_context(self, context: Any) -> None:
-        from paperops.models.base import load_classifier
 
         bundle_dir = Path(context.artifacts[BUNDLE_ARTIFACT])
         self.classifier = load_classifier(bundle_dir)
@@ -84,7 +84,6 @@ class BundleModel(PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        from paperops.uncertainty.calibrate import softmax
 
         texts = _texts(model_input)
         labels = list(self.classifier.labels)

@@ -25,7 +25,10 @@ class LMBundleModel(PythonModel):
     """Seeded sampling from a paperops GPT-2 bundle, with the KV cache."""
 
     def load_context(self, context: Any) -> None:
+        # deferred: pulls torch
         from paperops.inference.decoding import TorchDecoder
+
+        # deferred: pulls lightning, torch
         from paperops.models.lm import load_lm
 
         self.lm = load_lm(Path(context.artifacts[BUNDLE_ARTIFACT]))
@@ -34,6 +37,7 @@ class LMBundleModel(PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
+        # deferred: pulls torch
         from paperops.inference.decoding import SamplingParams, generate
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)

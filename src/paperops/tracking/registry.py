@@ -267,6 +267,7 @@ def download_bundle(
     import mlflow
     from mlflow.models import Model
 
+    # deferred: pulls mlflow
     from paperops.tracking.pyfunc_classifier import BUNDLE_ARTIFACT
 
     _open_existing(logger_cfg)

@@ -24,7 +24,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from paperops import __version__
-from paperops.models.base import is_language_model
+from paperops.data.datamodule import data_hash
+from paperops.models.base import is_language_model, read_meta
 
 log = logging.getLogger("paperops.tracking")
 
@@ -251,8 +252,6 @@ def run_tags(
     family = model.get("family") if isinstance(model, Mapping) else None
     out["family"] = str(family) if family else UNKNOWN
     if data_dir is not None:
-        from paperops.data.datamodule import data_hash
-
         out["data_hash"] = data_hash(Path(data_dir))
         out["data_dir"] = str(data_dir)
     out.update({str(k): str(v) for k, v in dict(tags).items()})
@@ -386,11 +385,12 @@ def _signature(bundle_dir: Path) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-    from paperops.models.base import read_meta
+    # deferred: pulls mlflow
     from paperops.tracking.pyfunc_classifier import INPUT_COLUMNS, output_columns
 
     meta = read_meta(bundle_dir)
     if is_language_model(meta):
+        # deferred: pulls mlflow
         from paperops.tracking.pyfunc_lm import PARAMS
 
         types = {int: "long", float: "double"}
@@ -435,8 +435,10 @@ def log_model_bundle(
     import mlflow
     import pandas as pd
 
-    from paperops.models.base import read_meta
+    # deferred: pulls mlflow
     from paperops.tracking import pyfunc_classifier as mlflow_pyfunc
+
+    # deferred: pulls mlflow
     from paperops.tracking import pyfunc_lm as mlflow_pyfunc_lm
 
     bundle_dir = Path(bundle_dir).resolve()

@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from paperops.models.base import LANGUAGE_MODEL, task_of_family
+from paperops.train.classifier import train_classifier
 from paperops.train.common import TrainResult
 
 
@@ -21,6 +22,5 @@ def train(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainResult
         from paperops.train.lm import train_lm  # deferred: pulls torch + transformers
 
         return train_lm(cfg, callbacks=callbacks)
-    from paperops.train.classifier import train_classifier  # deferred: pulls scikit-learn
 
     return train_classifier(cfg, callbacks=callbacks)

@@ -24,6 +24,8 @@ from paperops.evaluate.config import EvalConfig
 from paperops.io import atomic_dir, atomic_write_text
 from paperops.models.base import CALIBRATION_FILE, TRAINING_FILE, Classifier, family_class
 from paperops.models.process import seed_everything
+from paperops.tracking import registry
+from paperops.tracking import runs as tracking
 from paperops.train.common import TrainResult, _plain, is_global_rank_zero, run_info, tracked_run
 from paperops.uncertainty.calibration import fit_calibration
 
@@ -36,6 +38,7 @@ def build_classifier(model_cfg: Mapping[str, Any], labels: list[str]) -> Any:
     family = model_cfg["family"]
     cls = family_class(family)
     if family == "tfidf":
+        # deferred: pulls sklearn, skops
         from paperops.models.tfidf import TfidfConfig
 
         return cls(labels=labels, config=TfidfConfig(**params))
@@ -92,8 +95,6 @@ def _track_and_register(
     register: bool,
 ) -> dict[str, Any] | None:
     """Log the bundle to the run, then register it; the gate decides whether it is champion."""
-    from paperops.tracking import registry
-    from paperops.tracking import runs as tracking
 
     # after the per-epoch points: the score of the model actually kept (the best checkpoint)
     val_metrics = info["val_metrics"]

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from paperops.data.datamodule import data_hash
+from paperops.tracking import runs as tracking
 
 
 @dataclass
@@ -46,7 +47,6 @@ def tracked_run(cfg: DictConfig, data_dir: Path, *, track: bool) -> Iterator[tup
     if not track:
         yield None, []
         return
-    from paperops.tracking import runs as tracking
 
     run_name = str(cfg.train.run_name)
     with tracking.start_run(

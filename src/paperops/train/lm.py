@@ -16,11 +16,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from paperops.data.corpus import load_corpus
 from paperops.evaluate.lm import SAMPLES_FILE, sample_continuations, samples_markdown
 from paperops.io import atomic_dir, atomic_write_text
 from paperops.models.base import TRAINING_FILE
 from paperops.models.lm import FAMILY, CausalLM, LMConfig, pretrained_tokenizer, train_tokenizer
 from paperops.models.process import seed_everything
+from paperops.tracking import registry
+from paperops.tracking import runs as tracking
 from paperops.train.common import TrainResult, _plain, is_global_rank_zero, run_info, tracked_run
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,6 @@ def build_tokenizer(config: LMConfig, train_texts: list[str]) -> Any:
 
 def train_lm(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainResult | None:
     """Train `model.family=lm` on `corpus.output_dir`; None on DDP ranks other than 0."""
-    from paperops.data.corpus import load_corpus
 
     t_start = time.perf_counter()
     seed = int(cfg.seed)
@@ -122,9 +124,6 @@ def _track_and_register(
     cfg: DictConfig, run: Any, bundle_dir: Path, info: dict[str, Any], samples: list[Any]
 ) -> dict[str, Any] | None:
     from dataclasses import asdict
-
-    from paperops.tracking import registry
-    from paperops.tracking import runs as tracking
 
     step = int(info["fit_summary"].get("epochs_run") or 0)
     run.log_metrics(

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from paperops.config import load_config
 from paperops.io import atomic_write_text
+from paperops.train import train
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,6 @@ def pruning_callback(trial: Any, monitor: str) -> Any:
 def run_sweep(overrides: Sequence[str]) -> SweepResult:
     """Create or resume the study named in hparams_search and run its trials here."""
     import optuna
-
-    from paperops.train import train
 
     cfg = load_config(overrides)
     hs = cfg.get("hparams_search")

@@ -22,10 +22,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from paperops.inference.generator import LoadedGenerator
+from paperops.serve.errors import ApiError
 from paperops.serve.generator_state import GeneratorState
 from paperops.serve.schemas import ErrorResponse
 from paperops.serve.schemas_generate import GenerateResponse, InferResponse, make_generation_schemas
 from paperops.serve.settings import GeneratorSettings
+from paperops.serve.state import RequestIds
 
 if TYPE_CHECKING:  # torch lives behind these: a classifier-only server never imports it
     from paperops.serve.engine import GenRequest, GenResult
@@ -58,8 +60,6 @@ def _sse(event: str, data: Any) -> str:
 
 def make_generation_router(settings: GeneratorSettings) -> APIRouter:
     """/v1/generate and /infer with this app's limits; the state is `app.state.generator`."""
-    from paperops.serve.errors import ApiError
-    from paperops.serve.state import RequestIds
 
     schemas = make_generation_schemas(settings)
     GenerateRequest = schemas.GenerateRequest
@@ -150,6 +150,7 @@ def make_generation_router(settings: GeneratorSettings) -> APIRouter:
         """Continue a prompt with the language model (KV cache, batched with other requests)."""
         gs = state_of(request)
         gen, engine = gs.ready()  # 503 before anything imports torch
+        # deferred: pulls torch
         from paperops.inference.decoding import SamplingParams
 
         prompt: str = body.prompt  # type: ignore[attr-defined]
@@ -210,6 +211,7 @@ def make_generation_router(settings: GeneratorSettings) -> APIRouter:
         """The first report's shape: `{prompt, max_length}` -> prompt + continuation."""
         gs = state_of(request)
         gen, engine = gs.ready()  # 503 before anything imports torch
+        # deferred: pulls torch
         from paperops.inference.decoding import SamplingParams
 
         prompt: str = body.prompt  # type: ignore[attr-defined]

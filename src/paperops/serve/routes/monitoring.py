@@ -14,6 +14,8 @@ from typing import Any
 import anyio
 from fastapi import APIRouter
 
+from paperops.requestlog.queries import latest_drift_report
+from paperops.serve.errors import ApiError
 from paperops.serve.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,6 @@ class DriftView:
         if now - self._read_at < self.refresh_s:
             return self._report
         self._read_at = now
-        from paperops.requestlog.queries import latest_drift_report
 
         try:
             report = await anyio.to_thread.run_sync(latest_drift_report, self.url)
@@ -62,7 +63,6 @@ def make_monitoring_router(view: DriftView) -> APIRouter:
     async def drift() -> dict[str, Any]:
         """The latest drift report of `paperops monitor drift` (scores, thresholds, verdicts
         per check, the window and the reference); 404 until one has run."""
-        from paperops.serve.errors import ApiError
 
         report = await view.latest()
         if report is None:
