@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from paperops.data.harvest import HarvestError, harvest, state_path_for
+from paperops.data.harvest import harvest, state_path_for
+from paperops.data.oai import HarvestError
 from tests.fakes.oai_server import FakeOAIServer, FakeRecord, Fault
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]

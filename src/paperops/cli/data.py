@@ -11,7 +11,8 @@ import typer
 
 from paperops.cli.common import Overrides, compose, fail
 from paperops.data.errors import DataError
-from paperops.data.harvest import DEFAULT_BASE_URL, HarvestError, harvest
+from paperops.data.harvest import DEFAULT_BASE_URL, harvest
+from paperops.data.oai import HarvestError
 from paperops.data.prepare import PrepareConfig, prepare
 from paperops.data.validate import validate_processed, validate_raw, write_report
 

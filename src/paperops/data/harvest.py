@@ -34,7 +34,6 @@ import email.utils
 import json
 import logging
 import os
-import re
 import time
 import xml.etree.ElementTree as ET  # nosec B405 # parse_xml: no external entities, expat limits expansion
 from collections.abc import Callable, Iterator
@@ -47,40 +46,30 @@ from urllib.parse import urlencode
 import httpx
 
 from paperops import __version__
+from paperops.data.oai import (
+    DATE_RE,
+    DATETIME_RE,
+    SUPPORTED_PREFIXES,
+    HarvestError,
+    check_root,
+    parse_page,
+    parse_xml,
+    try_oai_error,
+)
 from paperops.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-OAI_NS = "http://www.openarchives.org/OAI/2.0/"
-ARXIV_RAW_NS = "http://arxiv.org/OAI/arXivRaw/"
-ARXIV_NS = "http://arxiv.org/OAI/arXiv/"
 #: arXiv's OAI-PMH endpoint since 2025 (formerly http://export.arxiv.org/oai2).
 DEFAULT_BASE_URL = "https://oaipmh.arxiv.org/oai"
-SUPPORTED_PREFIXES = ("arXivRaw", "arXiv")
-SOURCE = "oai-pmh"
 STATE_VERSION = 1
 USER_AGENT = f"paperops/{__version__} (arXiv OAI-PMH harvester; python-httpx)"
 MAX_RETRY_AFTER_S = 600.0
 MAX_BACKOFF_S = 60.0
 
-_O = f"{{{OAI_NS}}}"
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
-_VERSION_RE = re.compile(r"v\d+$")
-_WS_RE = re.compile(r"\s+")
 # Status codes worth retrying: the server is busy/rate limiting or hit a transient fault.
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 _BACKOFF_STATUSES = frozenset({408})
-_ERROR_HINTS = {
-    "badArgument": "check set_spec, from_date and until_date",
-    "badVerb": "check base_url points at an OAI-PMH endpoint",
-    "cannotDisseminateFormat": f"use a metadata_prefix the server offers ({SUPPORTED_PREFIXES})",
-    "noSetHierarchy": "this repository has no sets; drop set_spec",
-}
-
-
-class HarvestError(RuntimeError):
-    """A harvest that cannot go on; the message says what failed, where, and what to do next."""
 
 
 @dataclass
@@ -94,18 +83,6 @@ class HarvestResult:
     resumed: bool
     complete: bool
     invalid_skipped: int = 0
-
-
-@dataclass
-class _Page:
-    """One parsed ListRecords response."""
-
-    records: list[dict[str, str]]
-    deleted: int
-    invalid: int
-    token: str | None
-    complete_list_size: int | None
-    no_records: bool = False
 
 
 def state_path_for(out_path: Path) -> Path:
@@ -206,7 +183,7 @@ def harvest(
                 token = state["resumption_token"]
                 request = _request_params(metadata_prefix, set_spec, from_date, until_date, token)
                 root = fetcher.fetch(request)
-                page = _parse_page(root, metadata_prefix, fetcher.describe(request), base_url)
+                page = parse_page(root, metadata_prefix, fetcher.describe(request), base_url)
                 if token is not None and page.token == token:
                     raise HarvestError(
                         f"{base_url} returned the resumptionToken it was sent ({token!r}); "
@@ -288,7 +265,7 @@ def _validate_args(
             f"metadata_prefix must be one of {SUPPORTED_PREFIXES}, got {metadata_prefix!r}"
         )
     for name, value in (("from_date", from_date), ("until_date", until_date)):
-        if value is not None and not (_DATE_RE.match(value) or _DATETIME_RE.match(value)):
+        if value is not None and not (DATE_RE.match(value) or DATETIME_RE.match(value)):
             raise ValueError(f"{name} must be YYYY-MM-DD (or YYYY-MM-DDThh:mm:ssZ), got {value!r}")
     if max_records is not None and max_records < 1:
         raise ValueError(f"max_records must be >= 1 or None, got {max_records}")
@@ -424,15 +401,6 @@ def _parse_retry_after(value: str | None) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
-def _parse_xml(content: bytes) -> ET.Element:
-    """Parse a response body.
-
-    defusedxml is not a dependency; ElementTree never fetches external entities and the
-    bundled expat (>= 2.4.1) limits entity-expansion attacks, which is enough for a known host.
-    """
-    return ET.fromstring(content)  # noqa: S314  # nosec B314 # see the docstring: expat >= 2.4.1
-
-
 class _Fetcher:
     """Sends OAI-PMH requests politely (min interval, User-Agent) with retries and backoff."""
 
@@ -489,11 +457,11 @@ class _Fetcher:
                 last = f"HTTP {status}"
                 if status == 200:
                     try:
-                        root = _parse_xml(resp.content)
+                        root = parse_xml(resp.content)
                     except ET.ParseError as exc:
                         last = f"HTTP 200 with malformed XML ({exc})"
                     else:
-                        _check_root(root, url)
+                        check_root(root, url)
                         return root
                 elif status in _RETRY_AFTER_STATUSES:
                     retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
@@ -503,7 +471,7 @@ class _Fetcher:
                 elif status >= 500 or status in _BACKOFF_STATUSES:
                     pass
                 else:
-                    error_root = _try_oai_error(resp.content)
+                    error_root = try_oai_error(resp.content)
                     if error_root is not None:
                         return (
                             error_root  # an OAI error sent with a 4xx status; the caller reports it
@@ -533,132 +501,4 @@ class _Fetcher:
         )
 
 
-def _check_root(root: ET.Element, url: str) -> None:
-    """A 200 that is not OAI-PMH means a wrong base_url (or a proxy page), not a transient fault."""
-    if root.tag != f"{_O}OAI-PMH":
-        raise HarvestError(
-            f"{url} did not return an OAI-PMH document (root element {root.tag!r}); check base_url"
-        )
-
-
-def _try_oai_error(content: bytes) -> ET.Element | None:
-    """Return the root if a non-200 body is an OAI-PMH error document, else None."""
-    try:
-        root = _parse_xml(content)
-    except ET.ParseError:
-        return None
-    if root.tag == f"{_O}OAI-PMH" and root.find(f"{_O}error") is not None:
-        return root
-    return None
-
-
 # --------------------------------------------------------------------------- parsing
-
-
-def _collapse(text: str | None) -> str:
-    """Strip and collapse whitespace runs to one space (TeX is kept as-is)."""
-    return _WS_RE.sub(" ", text or "").strip()
-
-
-def _parse_page(root: ET.Element, metadata_prefix: str, url: str, base_url: str) -> _Page:
-    """Turn one ListRecords response into output records, or raise on an OAI error."""
-    errors = root.findall(f"{_O}error")
-    if errors:
-        codes = [(e.get("code") or "unknown", _collapse(e.text)) for e in errors]
-        if all(code == "noRecordsMatch" for code, _ in codes):
-            return _Page([], 0, 0, None, 0, no_records=True)
-        detail = "; ".join(f"{code}: {msg}" if msg else code for code, msg in codes)
-        if any(code == "badResumptionToken" for code, _ in codes):
-            raise HarvestError(
-                f"{base_url} rejected the resumptionToken ({detail}); it has probably expired "
-                "because the harvest paused too long. It cannot continue from where it "
-                "stopped: rerun with restart=True (CLI: --restart) to start over"
-            )
-        hints = [_ERROR_HINTS[code] for code, _ in codes if code in _ERROR_HINTS]
-        raise HarvestError(
-            f"OAI-PMH error from {url}: {detail}" + (f" ({'; '.join(hints)})" if hints else "")
-        )
-    list_records = root.find(f"{_O}ListRecords")
-    if list_records is None:
-        raise HarvestError(f"{url} returned an OAI-PMH document without ListRecords or error")
-
-    records: list[dict[str, str]] = []
-    deleted = invalid = 0
-    for rec in list_records.findall(f"{_O}record"):
-        header = rec.find(f"{_O}header")
-        if header is not None and header.get("status") == "deleted":
-            deleted += 1
-            continue
-        parsed = _parse_record(rec, metadata_prefix)
-        if isinstance(parsed, str):
-            invalid += 1
-            log.warning("skipping record %s: %s", _identifier(rec), parsed)
-        else:
-            records.append(parsed)
-
-    token: str | None = None
-    size: int | None = None
-    token_el = list_records.find(f"{_O}resumptionToken")
-    if token_el is not None:
-        token = (token_el.text or "").strip() or None
-        raw_size = token_el.get("completeListSize")
-        if raw_size is not None and raw_size.strip().isdigit():
-            size = int(raw_size)
-    return _Page(records, deleted, invalid, token, size)
-
-
-def _identifier(rec: ET.Element) -> str:
-    """The OAI identifier of a record, for log messages."""
-    ident = rec.findtext(f"{_O}header/{_O}identifier")
-    return ident.strip() if ident else "<no identifier>"
-
-
-def _parse_record(rec: ET.Element, metadata_prefix: str) -> dict[str, str] | str:
-    """One output record, or a string saying why the record is unusable."""
-    if metadata_prefix == "arXivRaw":
-        ns = f"{{{ARXIV_RAW_NS}}}"
-        meta = rec.find(f"{_O}metadata/{ns}arXivRaw")
-    else:
-        ns = f"{{{ARXIV_NS}}}"
-        meta = rec.find(f"{_O}metadata/{ns}arXiv")
-    if meta is None:
-        return f"no <{metadata_prefix}> metadata element"
-
-    fields = {
-        name: _collapse(meta.findtext(f"{ns}{name}"))
-        for name in ("id", "title", "abstract", "categories")
-    }
-    if metadata_prefix == "arXivRaw":
-        fields["authors"] = _collapse(meta.findtext(f"{ns}authors"))
-        date = _collapse(rec.findtext(f"{_O}header/{_O}datestamp"))
-    else:
-        fields["authors"] = _join_authors(meta, ns)
-        date = _collapse(meta.findtext(f"{ns}updated")) or _collapse(meta.findtext(f"{ns}created"))
-    missing = [name for name, value in fields.items() if not value]
-    if missing:
-        return f"missing or empty {', '.join(missing)}"
-    date = date[:10]
-    if not _DATE_RE.match(date):
-        return f"no usable date (got {date!r})"
-    return {
-        "id": _VERSION_RE.sub("", fields["id"]),
-        "title": fields["title"],
-        "abstract": fields["abstract"],
-        "categories": fields["categories"],
-        "update_date": date,
-        "authors": fields["authors"],
-        "source": SOURCE,
-    }
-
-
-def _join_authors(meta: ET.Element, ns: str) -> str:
-    """arXiv-format authors as "Forenames Keyname[ Suffix], ..." (the Kaggle string form)."""
-    names = []
-    for author in meta.findall(f"{ns}authors/{ns}author"):
-        parts = [
-            _collapse(author.findtext(f"{ns}{part}")) for part in ("forenames", "keyname", "suffix")
-        ]
-        name = " ".join(p for p in parts if p)
-        if name:
-            names.append(name)
-    return ", ".join(names)
