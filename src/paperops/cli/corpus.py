@@ -9,13 +9,8 @@ from typing import Any
 import typer
 
 from paperops.cli.common import Overrides, compose, fail
-from paperops.data.corpus import (
-    CorpusConfig,
-    CorpusValidationError,
-    prepare_corpus,
-    validate_corpus,
-    write_validation,
-)
+from paperops.data.corpus import CorpusConfig, prepare_corpus, validate_corpus, write_validation
+from paperops.data.corpus_rules import CorpusValidationError
 from paperops.data.errors import DataError
 
 

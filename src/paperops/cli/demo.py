@@ -79,7 +79,8 @@ def drift_demo(client: Any, base: str, overrides: list[str]) -> None:
     import pandas as pd
 
     # deferred: pulls scipy
-    from paperops.monitor.drift import DriftConfig, DriftError, run_drift
+    from paperops.monitor.config import DriftConfig, DriftError
+    from paperops.monitor.drift import run_drift
 
     # deferred: pulls sqlalchemy
     from paperops.requestlog.queries import read_predictions

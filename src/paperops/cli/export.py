@@ -13,7 +13,8 @@ from paperops.data.corpus import load_corpus
 from paperops.data.datamodule import EmptySplitError
 from paperops.export.classifier import export_bundle
 from paperops.export.common import ExportConfig, ExportError, parity_table, write_parity_report
-from paperops.export.lm import LMExportConfig, export_lm, is_lm_bundle, lm_parity_table
+from paperops.export.lm import LMExportConfig, export_lm, is_lm_bundle
+from paperops.export.lm_parity import lm_parity_table
 from paperops.io import atomic_write_text
 from paperops.models.base import ModelLoadError
 

@@ -38,7 +38,8 @@ def drift_cmd(
 ) -> None:
     """Score drift of a window of logged requests against the training reference."""
     # deferred: pulls scipy
-    from paperops.monitor.drift import DriftConfig, DriftError, run_drift
+    from paperops.monitor.config import DriftConfig, DriftError
+    from paperops.monitor.drift import run_drift
 
     cfg = compose(overrides)
     try:

@@ -21,7 +21,8 @@ from paperops.data.corpus import load_corpus
 from paperops.inference.decoding import SamplingParams, TorchDecoder, generate
 from paperops.io import atomic_write_text
 from paperops.models.base import training_info
-from paperops.models.lm import CausalLM, LMConfig, load_lm
+from paperops.models.lm import CausalLM, load_lm
+from paperops.models.lm_module import LMConfig
 from paperops.tracking.runs import log_evaluation
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,10 @@ backend (torch or ONNX Runtime: neither is called from two threads) and loops:
 Tokens reach the asyncio side through `loop.call_soon_threadsafe` (one call per step and event
 loop, not per token), so the event loop never waits for the model. The queue is bounded
 (`QueueFull` -> 503 + Retry-After) and `close()` finishes every accepted request first.
+
+Over 500 lines on purpose: `GenerationEngine` is one loop whose invariants (who owns the cache,
+which rows are live, when a request's future resolves) span prefill, merge, step and trim;
+split across modules they would be harder to check, not easier.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ from paperops.data.corpus import load_corpus
 from paperops.evaluate.lm import SAMPLES_FILE, sample_continuations, samples_markdown
 from paperops.io import atomic_dir, atomic_write_text
 from paperops.models.base import TRAINING_FILE
-from paperops.models.lm import FAMILY, CausalLM, LMConfig, pretrained_tokenizer, train_tokenizer
+from paperops.models.lm import FAMILY, CausalLM, pretrained_tokenizer, train_tokenizer
+from paperops.models.lm_module import LMConfig
 from paperops.models.process import seed_everything
 from paperops.tracking import registry
 from paperops.tracking import runs as tracking

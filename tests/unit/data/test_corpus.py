@@ -12,14 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from paperops.config import load_config
-from paperops.data.corpus import (
-    CorpusConfig,
-    CorpusValidationError,
-    assign_groups,
-    load_corpus,
-    prepare_corpus,
-    validate_frames,
-)
+from paperops.data.corpus import CorpusConfig, assign_groups, load_corpus, prepare_corpus
+from paperops.data.corpus_rules import CorpusValidationError, validate_frames
 from paperops.data.errors import DataError
 
 LIMITS = {"min_chars": 10, "max_chars": 200}

@@ -10,15 +10,8 @@ import torch
 
 from paperops.inference.decoding import Sampler, SamplingParams, TorchDecoder, generate, left_pad
 from paperops.models.base import ModelLoadError
-from paperops.models.lm import (
-    EOS,
-    CausalLM,
-    LMConfig,
-    load_lm,
-    make_tiny_lm,
-    pack_blocks,
-    train_tokenizer,
-)
+from paperops.models.lm import EOS, CausalLM, load_lm, make_tiny_lm, train_tokenizer
+from paperops.models.lm_module import LMConfig, pack_blocks
 
 TRAINER = {
     "accelerator": "cpu",

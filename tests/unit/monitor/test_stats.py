@@ -7,18 +7,9 @@ import pandas as pd
 import pytest
 
 from paperops.monitor import stats
-from paperops.monitor.drift import (
-    CHECKS,
-    DriftConfig,
-    DriftError,
-    Reference,
-    Window,
-    check_accuracy,
-    check_label,
-    check_length,
-    compute,
-    parse_window,
-)
+from paperops.monitor.checks import check_accuracy, check_label, check_length
+from paperops.monitor.config import CHECKS, DriftConfig, DriftError, Reference, Window, parse_window
+from paperops.monitor.drift import compute
 from paperops.monitor.stats import words
 
 THRESHOLDS = {"length": 0.1, "vocabulary": 0.05, "embedding": 0.7, "label": 0.2, "accuracy": 0.1}
