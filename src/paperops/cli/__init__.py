@@ -4,6 +4,10 @@ Thin: a command parses its options, composes the Hydra config (`common.compose`)
 library function that does the work and prints. Each module here is one command group and adds
 itself to the root app with `register(app)`. Every command that reads config takes Hydra
 overrides as trailing arguments, e.g. `paperops data prepare data.label_level=category`.
+
+Unlike the rooms below, command modules import their library code inside the command function:
+`import paperops.cli` then takes ~0.3 s instead of ~0.7 s (pandas, pandera, the export and
+monitoring modules), which every `paperops --help` and every CLI subprocess of `dvc repro` pays.
 """
 
 from __future__ import annotations

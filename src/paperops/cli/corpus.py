@@ -9,13 +9,11 @@ from typing import Any
 import typer
 
 from paperops.cli.common import Overrides, compose, fail
-from paperops.data.corpus import CorpusConfig, prepare_corpus, validate_corpus, write_validation
-from paperops.data.corpus_rules import CorpusValidationError
-from paperops.data.errors import DataError
 
 
 def _corpus_config(overrides: list[str] | None) -> tuple[Any, Any]:
     """(root cfg, CorpusConfig); a missing corpus group or a bad key is a clear CLI error."""
+    from paperops.data.corpus import CorpusConfig
 
     cfg = compose(overrides)
     if "corpus" not in cfg:
@@ -39,6 +37,9 @@ def register(data_app: typer.Typer) -> None:
     @data_app.command("prepare-corpus")
     def prepare_corpus_cmd(overrides: Overrides = None) -> None:
         """Build the LM corpus (corpus=mqp|arxiv): documents, leak-free splits, rules checked."""
+        from paperops.data.corpus import prepare_corpus, write_validation
+        from paperops.data.corpus_rules import CorpusValidationError
+        from paperops.data.errors import DataError
 
         cfg, cc = _corpus_config(overrides)
         try:
@@ -62,6 +63,7 @@ def register(data_app: typer.Typer) -> None:
     @data_app.command("validate-corpus")
     def validate_corpus_cmd(overrides: Overrides = None) -> None:
         """Check a prepared LM corpus against its rules; exit 1 on any violation."""
+        from paperops.data.corpus import validate_corpus, write_validation
 
         _, cc = _corpus_config(overrides)
         try:

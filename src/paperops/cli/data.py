@@ -11,10 +11,7 @@ import typer
 
 from paperops.cli.common import Overrides, compose, fail
 from paperops.data.errors import DataError
-from paperops.data.harvest import DEFAULT_BASE_URL, harvest
-from paperops.data.oai import HarvestError
-from paperops.data.prepare import PrepareConfig, prepare
-from paperops.data.validate import validate_processed, validate_raw, write_report
+from paperops.data.harvest import DEFAULT_BASE_URL
 
 log = logging.getLogger("paperops")
 
@@ -30,6 +27,7 @@ def data_prepare(
     ] = None,
 ) -> None:
     """Clean, label, de-duplicate and split raw arXiv metadata into parquet + labels.json + card."""
+    from paperops.data.prepare import PrepareConfig, prepare
 
     cfg = compose(overrides).data
     try:
@@ -57,6 +55,7 @@ def data_validate(
     ] = None,
 ) -> None:
     """Check processed splits (or a raw file) against the data rules; exit 1 on any violation."""
+    from paperops.data.validate import validate_processed, validate_raw, write_report
 
     cfg = compose(overrides).data
     try:
@@ -97,6 +96,8 @@ def data_harvest(
     restart: Annotated[bool, typer.Option(help="Ignore saved progress and start over.")] = False,
 ) -> None:
     """Harvest arXiv metadata over OAI-PMH into JSON lines; resumes where an earlier run stopped."""
+    from paperops.data.harvest import harvest
+    from paperops.data.oai import HarvestError
 
     def progress(pages: int, total: int) -> None:
         log.info("page %d: %d records in %s", pages, total, out)

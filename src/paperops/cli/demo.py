@@ -12,10 +12,6 @@ from typing import Annotated, Any
 
 import typer
 
-from paperops.config import load_config
-from paperops.monitor.report import render_summary
-from paperops.serve.launcher import ServerStartError, running_server
-
 EXAMPLES = "examples.json"
 PROMPTS = "prompts.json"
 DEMO_SEED = 0  # a fixed seed: the same model prints the same continuation on every run
@@ -78,11 +74,10 @@ def drift_demo(client: Any, base: str, overrides: list[str]) -> None:
 
     import pandas as pd
 
-    # deferred: pulls scipy
+    from paperops.config import load_config
     from paperops.monitor.config import DriftConfig, DriftError
     from paperops.monitor.drift import run_drift
-
-    # deferred: pulls sqlalchemy
+    from paperops.monitor.report import render_summary
     from paperops.requestlog.queries import read_predictions
 
     # the reference is the training split; lsa embeddings keep the demo to seconds (the
@@ -165,6 +160,8 @@ def register(app: typer.Typer) -> None:
         """Start the API on 127.0.0.1, classify the example papers over HTTP (and generate one
         text when a language model is served), print, stop."""
         import httpx
+
+        from paperops.serve.launcher import ServerStartError, running_server
 
         examples = load_examples()
         args = [

@@ -8,10 +8,6 @@ from typing import Annotated
 import typer
 
 from paperops.cli.common import Overrides, compose, fail
-from paperops.data.datamodule import EmptySplitError
-from paperops.evaluate import evaluate_bundle
-from paperops.models.base import ModelLoadError
-from paperops.tracking import registry
 
 
 def evaluate_cmd(
@@ -29,11 +25,16 @@ def evaluate_cmd(
 ) -> None:
     """Test-set metrics, calibration, conformal sets, slices and behavioural checks -> report
     (for a language model: held-out perplexity, bits per byte, slices and samples)."""
+    from paperops.data.datamodule import EmptySplitError
+    from paperops.evaluate import evaluate_bundle
+    from paperops.models.base import ModelLoadError
 
     cfg = compose(overrides)
     try:
         model_dir = model or Path(cfg.evaluate.model_dir)
         if ref is not None:
+            from paperops.tracking import registry
+
             model_dir = registry.download_bundle(
                 cfg.logger, ref=ref, dst=Path(cfg.paths.models) / "registry" / ref
             )

@@ -9,14 +9,6 @@ from typing import Annotated, Any
 import typer
 
 from paperops.cli.common import Overrides, compose, fail
-from paperops.data.corpus import load_corpus
-from paperops.data.datamodule import EmptySplitError
-from paperops.export.classifier import export_bundle
-from paperops.export.common import ExportConfig, ExportError, parity_table, write_parity_report
-from paperops.export.lm import LMExportConfig, export_lm, is_lm_bundle
-from paperops.export.lm_parity import lm_parity_table
-from paperops.io import atomic_write_text
-from paperops.models.base import ModelLoadError
 
 
 def register(app: typer.Typer) -> None:
@@ -55,6 +47,11 @@ def export_cmd(
     Exit 1 when ONNX does not match PyTorch (nothing is written), 2 for a missing or corrupt
     bundle or bad options.
     """
+    from paperops.data.datamodule import EmptySplitError
+    from paperops.export.classifier import export_bundle
+    from paperops.export.common import ExportConfig, ExportError, parity_table, write_parity_report
+    from paperops.export.lm import is_lm_bundle
+    from paperops.models.base import ModelLoadError
 
     cfg = compose(overrides)
     model_dir = model or Path(str(cfg.export.model_dir))
@@ -116,6 +113,11 @@ def _export_lm(
 ) -> None:
     """An `lm` bundle: the GPT-2 decoder with past key values to ONNX (+ int8), parity-checked
     against PyTorch on fixed prompts (settings: `export.lm`)."""
+    from paperops.export.common import ExportError
+    from paperops.export.lm import LMExportConfig, export_lm
+    from paperops.export.lm_parity import lm_parity_table
+    from paperops.io import atomic_write_text
+    from paperops.models.base import ModelLoadError
 
     try:
         lcfg = LMExportConfig.from_mapping(cfg.export.get("lm"))
@@ -166,6 +168,7 @@ def _heldout_texts(cfg: Any, n: int) -> list[str] | None:
     directory = OmegaConf.select(cfg, "corpus.output_dir", default=None)
     if not directory or n < 1 or not (Path(str(directory)) / "val.parquet").is_file():
         return None
+    from paperops.data.corpus import load_corpus
 
     seed = int(OmegaConf.select(cfg, "seed", default=0) or 0)
     return load_corpus(Path(str(directory)), ("val",), max_rows={"val": n}, seed=seed)["val"]

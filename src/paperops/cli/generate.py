@@ -17,9 +17,7 @@ import typer
 from paperops.cli.common import compose, fail
 from paperops.config import cfg_get
 from paperops.inference.generator import option_or, run_generation
-from paperops.models.base import ModelLoadError
 from paperops.models.process import set_torch_threads
-from paperops.serve.loader import resolve_lm
 
 DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_TEMPERATURE = 0.8  # the API's defaults (common.md, "The generation API")
@@ -93,8 +91,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Continue PROMPT with a language model on this machine; print the text, then tokens,
         tokens/s and the seed (to reproduce the sample) on stderr."""
-        # deferred: pulls torch
+        # deferred: pandas and pandera load in ~0.5 s; `paperops --help` and other commands skip it
         from paperops.inference.decoding import SamplingParams
+        from paperops.models.base import ModelLoadError
+        from paperops.serve.loader import resolve_lm
 
         if model is not None and ref is not None:
             raise fail("give either --model or --ref, not both")

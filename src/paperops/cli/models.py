@@ -14,7 +14,6 @@ import typer
 
 from paperops.cli.common import Overrides, fail
 from paperops.config import ConfigError, load_config
-from paperops.tracking.registry import RegistryError, list_versions, promote, show
 
 models_app = typer.Typer(
     help="List, inspect and promote registered models (the `champion` alias is what is served).",
@@ -36,6 +35,8 @@ def _logger_cfg(overrides: list[str] | None) -> Any:
 
 def _errors() -> tuple[type[BaseException], ...]:
     from mlflow.exceptions import MlflowException
+
+    from paperops.tracking.registry import RegistryError
 
     return (RegistryError, MlflowException, ValueError, OSError)
 
@@ -103,6 +104,7 @@ def render_show(info: dict[str, Any]) -> str:
 @models_app.command("list")
 def list_cmd(overrides: Overrides = None, name: NameOption = None) -> None:
     """Every registered version, newest first; `*` marks the champion."""
+    from paperops.tracking.registry import list_versions
 
     cfg = _logger_cfg(overrides)
     try:
@@ -122,6 +124,7 @@ def show_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """One version: score, provenance tags, gate decision and its run's metrics."""
+    from paperops.tracking.registry import show
 
     ref, overrides = _split_ref(ref, overrides)
     cfg = _logger_cfg(overrides)
@@ -142,6 +145,7 @@ def promote_cmd(
     name: NameOption = None,
 ) -> None:
     """Move the `champion` alias to VERSION; refuses a worse version unless --force."""
+    from paperops.tracking.registry import promote
 
     cfg = _logger_cfg(overrides)
     try:

@@ -15,10 +15,6 @@ from typing import Annotated
 import typer
 
 from paperops.cli.common import compose, fail
-from paperops.models.base import ModelLoadError
-from paperops.serve.batch import ON_ERROR, BadLine, predict_file
-from paperops.serve.loader import resolve_predictor
-from paperops.serve.settings import ServeSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +73,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Score a JSON-lines file of papers offline through the serving runtime."""
-        # deferred: pulls pydantic
+        # deferred: pandas and pandera load in ~0.5 s; `paperops --help` and other commands skip it
+        from paperops.models.base import ModelLoadError
+        from paperops.serve.batch import ON_ERROR, BadLine, predict_file
+        from paperops.serve.loader import resolve_predictor
         from paperops.serve.schemas import make_paper_model
+        from paperops.serve.settings import ServeSettings, SettingsError
 
         if on_error not in ON_ERROR:
             raise fail(f"--on-error must be one of {', '.join(ON_ERROR)}; got {on_error!r}")

@@ -14,10 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from paperops.cli.common import Overrides, compose, fail
-from paperops.models.base import ModelLoadError
 from paperops.serve.launcher import run_server
-from paperops.serve.loader import check_local_dirs, make_generator_loader, make_loader
-from paperops.serve.settings import ServeSettings, SettingsError
 
 # what a serve-only install (pip install paperops[serve]) lacks for some models
 MISSING_EXTRA = (
@@ -74,10 +71,10 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Serve the classifier over HTTP: /v1/classify, /predict, /docs, /metrics, a web page."""
-        # deferred: pulls fastapi, prometheus_client, pydantic, ...
+        from paperops.models.base import ModelLoadError
         from paperops.serve.app import create_app
-
-        # deferred: pulls fastapi, prometheus_client, pydantic
+        from paperops.serve.loader import check_local_dirs, make_generator_loader, make_loader
+        from paperops.serve.settings import ServeSettings, SettingsError
         from paperops.serve.state import warm
 
         if model is not None and ref is not None:

@@ -8,10 +8,7 @@ import typer
 
 from paperops.cli.common import Overrides, compose, fail
 from paperops.config import ConfigError
-from paperops.data.datamodule import EmptySplitError
-from paperops.models.base import LANGUAGE_MODEL, ModelLoadError, task_of_family
-from paperops.train import train
-from paperops.train.sweep import SweepConfigError, run_sweep
+from paperops.models.base import LANGUAGE_MODEL, task_of_family
 
 
 def train_cmd(
@@ -27,8 +24,12 @@ def train_cmd(
 ) -> None:
     """Train a model (experiment=tfidf|embedding|finetune|lm_mqp|lm_arxiv), track it, gate the
     champion."""
+    from paperops.data.datamodule import EmptySplitError
+    from paperops.models.base import ModelLoadError
 
     if multirun:
+        from paperops.train.sweep import SweepConfigError, run_sweep
+
         compose(overrides)  # fail fast on a bad override
         try:
             res = run_sweep(overrides or [])
@@ -40,6 +41,7 @@ def train_cmd(
             f"  summary: {res.summary_path}"
         )
         return
+    from paperops.train import train
 
     cfg = compose(overrides)
     try:

@@ -56,6 +56,7 @@ def log_legacy(
             artifacts={"bundle": str(bundle)},
             input_example=frame,
             signature=signature,
+            pip_requirements=["paperops"],  # as the old code: skip MLflow's slow inference
         )
     return str(info.model_uri)
 
