@@ -62,7 +62,7 @@ soak: $(STAMP)  ## 10 minutes of mixed API traffic: no 5xx, flat memory, every r
 	  $(BIN)/python -m pytest -q -s --timeout=1800 tests/reliability/test_soak.py
 
 test-fast: $(STAMP)  ## unit tests only
-	$(BIN)/python -m pytest -q $(PARALLEL) tests/unit
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal tests/unit
 
 lint: $(STAMP)  ## ruff lint + format check, bandit over src/, the layers check (imports only go down)
 	$(BIN)/ruff check src tests benchmarks deploy scripts
