@@ -140,55 +140,58 @@ def _print_answers(examples: list[dict[str, Any]], body: dict[str, Any]) -> None
         )
 
 
+def demo_cmd(
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="Hydra overrides passed to `paperops serve`", show_default=False),
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Serve this bundle instead of the champion.")
+    ] = None,
+    generator: Annotated[
+        Path | None,
+        typer.Option(
+            help="Serve this LM bundle instead of the generator champion (if registered)."
+        ),
+    ] = None,
+) -> None:
+    """Start the API on 127.0.0.1, classify the example papers over HTTP (and generate one
+    text when a language model is served), print, stop."""
+    import httpx
+
+    from paperops.serve.launcher import ServerStartError, running_server
+
+    examples = load_examples()
+    args = [
+        *(["--model", str(model)] if model else []),
+        *(["--generator", str(generator)] if generator else []),
+        *(overrides or []),
+        "serve.drift_refresh_s=0",  # show the drift report the moment it is stored
+    ]
+    typer.echo("starting paperops serve on 127.0.0.1 ...")
+    try:
+        with running_server(args) as base:
+            typer.echo(f"API ready at {base} (docs: {base}/docs)")
+            payload = {
+                "papers": [{"title": e["title"], "abstract": e["abstract"]} for e in examples],
+                "top_k": 3,
+            }
+            r = httpx.post(f"{base}/v1/classify", json=payload, timeout=120)
+            r.raise_for_status()
+            _print_answers(examples, r.json())
+            generation_demo(httpx, base)
+            drift_demo(httpx, base, overrides or [])
+            ready = httpx.get(f"{base}/readyz", timeout=10).json()
+            typer.echo(f"\nreadyz: {ready}")
+        typer.echo("server stopped cleanly")
+    except ServerStartError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    except httpx.HTTPError as e:
+        typer.secho(f"error: request failed: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("demo")
-    def demo_cmd(
-        overrides: Annotated[
-            list[str] | None,
-            typer.Argument(help="Hydra overrides passed to `paperops serve`", show_default=False),
-        ] = None,
-        model: Annotated[
-            Path | None, typer.Option(help="Serve this bundle instead of the champion.")
-        ] = None,
-        generator: Annotated[
-            Path | None,
-            typer.Option(
-                help="Serve this LM bundle instead of the generator champion (if registered)."
-            ),
-        ] = None,
-    ) -> None:
-        """Start the API on 127.0.0.1, classify the example papers over HTTP (and generate one
-        text when a language model is served), print, stop."""
-        import httpx
-
-        from paperops.serve.launcher import ServerStartError, running_server
-
-        examples = load_examples()
-        args = [
-            *(["--model", str(model)] if model else []),
-            *(["--generator", str(generator)] if generator else []),
-            *(overrides or []),
-            "serve.drift_refresh_s=0",  # show the drift report the moment it is stored
-        ]
-        typer.echo("starting paperops serve on 127.0.0.1 ...")
-        try:
-            with running_server(args) as base:
-                typer.echo(f"API ready at {base} (docs: {base}/docs)")
-                payload = {
-                    "papers": [{"title": e["title"], "abstract": e["abstract"]} for e in examples],
-                    "top_k": 3,
-                }
-                r = httpx.post(f"{base}/v1/classify", json=payload, timeout=120)
-                r.raise_for_status()
-                _print_answers(examples, r.json())
-                generation_demo(httpx, base)
-                drift_demo(httpx, base, overrides or [])
-                ready = httpx.get(f"{base}/readyz", timeout=10).json()
-                typer.echo(f"\nreadyz: {ready}")
-            typer.echo("server stopped cleanly")
-        except ServerStartError as e:
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(1) from None
-        except httpx.HTTPError as e:
-            typer.secho(f"error: request failed: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(1) from None
+    """Add `paperops demo` to the root CLI."""
+    app.command("demo")(demo_cmd)
