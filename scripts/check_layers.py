@@ -134,7 +134,7 @@ def violations(src: Path) -> list[str]:
             if LAYER_OF[b] <= LAYER_OF[a]:
                 where = "up" if LAYER_OF[b] < LAYER_OF[a] else "across"
                 out.append(f"{m} imports {t}: {where} the layers ({a} may not import {b})")
-    out += [f"import circle: {' -> '.join(c)}" for c in circles(edges)]
+    out += [f"import circle among {len(c)} modules: {', '.join(c)}" for c in circles(edges)]
     return out
 
 
