@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from paperops.inference.generator import LoadedGenerator
 from paperops.serve.errors import ApiError
 from paperops.serve.generator_state import GeneratorState
-from paperops.serve.schemas import ErrorResponse
+from paperops.serve.schemas import ERRORS_4XX, ErrorResponse
 from paperops.serve.schemas_generate import GenerateResponse, InferResponse, make_generation_schemas
 from paperops.serve.settings import GeneratorSettings
 from paperops.serve.state import RequestIds
@@ -67,13 +67,7 @@ def make_generation_router(settings: GeneratorSettings) -> APIRouter:
     new_request_id = RequestIds()
     router = APIRouter(tags=["generation"])
     errors: dict[int | str, dict[str, Any]] = {
-        422: {"model": ErrorResponse, "description": "Invalid input: field and rule in detail."},
-        413: {"model": ErrorResponse, "description": "Body over serve.limits.max_body_bytes."},
-        415: {"model": ErrorResponse, "description": "Content-Type is not application/json."},
-        408: {
-            "model": ErrorResponse,
-            "description": "Body not received within serve.limits.body_timeout_s.",
-        },
+        **ERRORS_4XX,
         503: {
             "model": ErrorResponse,
             "description": "No language model loaded, shutting down, or the generation queue is "
