@@ -334,6 +334,15 @@ def _wandb_env(mode: str) -> None:
         os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 
 
+def finish_wandb(loggers: list[Any]) -> None:
+    """End the W&B runs these loggers opened. wandb keeps one global run per process and a new
+    WandbLogger reuses an open one, so without this the next training in the same process (an
+    Optuna trial, a test) would log into this run."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None):
+            logger.experiment.finish()
+
+
 def lightning_loggers(logger_cfg: Any, run_id: str, *, run_name: str | None = None) -> list[Any]:
     """Lightning loggers for a training run: MLflow (same run as `start_run`) and maybe W&B.
 

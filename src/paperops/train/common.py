@@ -57,8 +57,11 @@ def tracked_run(cfg: DictConfig, data_dir: Path, *, track: bool) -> Iterator[tup
         data_dir=data_dir,
     ) as run:
         loggers = tracking.lightning_loggers(cfg.logger, run.run_id, run_name=run_name)
-        tracking.log_params_to_wandb(loggers, cfg)
-        yield run, loggers
+        try:
+            tracking.log_params_to_wandb(loggers, cfg)
+            yield run, loggers
+        finally:
+            tracking.finish_wandb(loggers)
 
 
 def run_info(cfg: DictConfig, run: Any, data_dir: Path, *, seed: int) -> dict[str, Any]:

@@ -245,3 +245,8 @@ def test_wandb_logger_offline_next_to_mlflow(
     _run("train", *ov)
     runs = list((tmp_path / "wandb").rglob("offline-run-*"))
     assert runs, list((tmp_path / "wandb").rglob("*"))[:20]
+    import wandb
+
+    # the run ends with the training: an open global run would swallow the next training in
+    # this process (an Optuna trial, another test), since a new WandbLogger reuses it
+    assert wandb.run is None
