@@ -18,9 +18,14 @@ help:  ## list targets
 
 # torch is pinned in requirements/train.txt; pip's find-links (/opt/wheels on these machines, or the
 # PyTorch CPU index elsewhere) supply the CPU build. lock.txt constrains the whole dependency tree.
+# Bytecode is compiled once here, on all cores: where PYTHONDONTWRITEBYTECODE is set (these machines
+# set it) nothing is ever cached otherwise, and every `paperops` / `dvc` process recompiled torch,
+# Lightning and MLflow from source: 15.7 s -> 6.3 s to import them, a DVC stage 28 s -> 11 s.
+# (torch's py312_intrinsics.py is Python 3.12 syntax that torch itself never imports on 3.11.)
 $(STAMP): pyproject.toml requirements/*.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-compile -c requirements/lock.txt -e ".[$(EXTRAS)]"
+	$(BIN)/python -m compileall -q -j 0 -x '/torch/testing/_internal/py312' $(VENV)/lib
 	@touch $@
 
 install: $(STAMP)  ## create .venv and install paperops with all extras
