@@ -32,7 +32,7 @@ def run() -> dict:
         """),
         "full_prepare": measure(f"""
             from paperops.data.prepare import PrepareConfig, prepare
-            r = prepare(PrepareConfig(raw_path={str(RAW)!r}, output_dir={out!r} + "/processed"))
+            r = prepare(PrepareConfig(raw_paths={str(RAW)!r}, output_dir={out!r} + "/processed"))
             extra = {{"rows": sum(r.counts.values()), "labels": len(r.labels)}}
         """),
     }

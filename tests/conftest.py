@@ -348,7 +348,7 @@ def _prepared_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     base = tmp_path_factory.mktemp("prepared")
     raw = write_jsonl(base / "arxiv.jsonl", make_records(DEFAULT_COUNTS))
-    prepare(PrepareConfig(raw_path=raw, output_dir=base / "processed", min_count=4))
+    prepare(PrepareConfig(raw_paths=raw, output_dir=base / "processed", min_count=4))
     return base / "processed"
 
 

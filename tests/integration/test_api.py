@@ -163,6 +163,9 @@ def test_classify_answers_every_paper_in_order(api: Api) -> None:
         assert res["top"][0]["probability"] >= res["top"][1]["probability"]
         assert res["confidence"] == res["top"][0]["probability"] and 0 < res["confidence"] <= 1
         assert res["name"] and all(set(s) == {"label", "name", "probability"} for s in res["top"])
+        # an archive model: the archive is the label itself (a category model sums its categories)
+        assert res["archive"]["label"] == res["label"]
+        assert res["archive"]["probability"] == pytest.approx(res["confidence"], abs=1e-6)
         assert all(
             s["label"] in {"cs", "math", "hep-th", "astro-ph"} for s in res["prediction_set"]
         )

@@ -50,7 +50,7 @@ def world(arxiv_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     reference, later = _read_real(arxiv_path)
     raw = write_jsonl(base / "raw.jsonl", reference)
     processed = base / "processed"
-    prepare(PrepareConfig(raw_path=raw, output_dir=processed, min_count=30))
+    prepare(PrepareConfig(raw_paths=raw, output_dir=processed, min_count=30))
     bundle = _train_bundle(base, processed, "tfidf")
     labels = set(pd.read_parquet(processed / "train.parquet")["label"])
     shifted = []
@@ -180,7 +180,7 @@ def test_the_encoder_path_embeds_with_a_sentence_encoder(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     emb = json.loads(proc.stdout)["checks"]["embedding"]
     assert emb["status"] == "ok" and "sentence encoder" in emb["embeddings"]
-    assert list((base / "cache").glob("*.safetensors"))  # the reference sample is cached
+    assert list((base / "cache").glob("*/shard-*.safetensors"))  # the reference sample is cached
 
 
 def test_bad_window_and_missing_log_are_clear_errors(world: dict[str, Any], tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ def test_harvest_then_prepare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         [
             "data",
             "prepare",
-            f"data.raw_path={out}",
+            f"data.raw_paths={out}",
             f"data.output_dir={processed}",
             "data.min_count=10",
         ],

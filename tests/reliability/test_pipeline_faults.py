@@ -105,7 +105,7 @@ def _prepare_args(raw: Path, out: Path) -> list[str]:
     return [
         "data",
         "prepare",
-        f"data.raw_path='{raw}'",
+        f"data.raw_paths='{raw}'",
         f"data.output_dir='{out}'",
         "data.min_count=4",
     ]
@@ -204,7 +204,7 @@ def small_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     base = tmp_path_factory.mktemp("faults_prepared")
     raw = write_jsonl(base / "raw.jsonl", make_records(dict.fromkeys(DEFAULT_COUNTS, 150)))
-    prepare(PrepareConfig(raw_path=raw, output_dir=base / "processed", min_count=4))
+    prepare(PrepareConfig(raw_paths=raw, output_dir=base / "processed", min_count=4))
     return base / "processed"
 
 

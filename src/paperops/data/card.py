@@ -17,23 +17,35 @@ _REASONS = {
     "duplicate_id": "same arXiv id as an earlier row",
     "duplicate_text": "same normalised title+abstract as another paper",
     "rare_class": "class below min_count",
+    "conflicting_primary": "files disagree on the paper's primary category (every copy dropped)",
+    "archive_only_source": "source labels are archive-level or reconstructed (PROVENANCE)",
+    "class_cap": "over max_per_class (seeded sample kept)",
+    "holdout_class_not_in_training": "held-out paper of a class no training source has",
 }
 
 
 def render_card(meta: dict[str, Any], stats: dict[str, Any]) -> str:
     """Counts per class and split, and every dropped row accounted for by reason."""
     fr = meta["fractions"]
+    files = "; ".join(f"`{f['path']}` (sha256 `{f['sha256'][:16]}…`)" for f in meta["raw_files"])
+    split = f"- Split: **{meta['split']}**, seed {meta['seed']}, "
+    if meta["split"] == "source":
+        held = ", ".join(f"`{s}`" for s in meta["holdout_sources"])
+        split += f"test = every paper of the held-out sources {held}; the rest "
     out = [
         "# Data card: arXiv paper classification",
         "",
-        f"- Source: `{meta['raw_path']}` (sha256 `{meta['raw_sha256'][:16]}…`)",
+        f"- Files: {files}",
         f"- Label level: **{meta['label_level']}** (primary category → "
         f"{'archive' if meta['label_level'] == 'archive' else 'canonical category'}; "
         "legacy names mapped to modern ones)",
-        f"- Split: **{meta['split']}**, seed {meta['seed']}, "
-        + " / ".join(f"{s} {fr[s]:.0%}" for s in SPLITS),
+        split
+        + " / ".join(
+            f"{s} {fr[s]:.0%}" for s in SPLITS if meta["split"] != "source" or s != "test"
+        ),
         f"- Rows read: {stats['rows_read']:,}; rows kept: {stats['rows_out']:,}; "
-        f"classes: {len(meta['labels'])} (min_count {meta['min_count']})",
+        f"classes: {len(meta['labels'])} (min_count {meta['min_count']}, "
+        f"max_per_class {meta.get('max_per_class') or 'none'})",
         "",
         "## Dropped rows by reason",
         "",
@@ -64,6 +76,21 @@ def render_card(meta: dict[str, Any], stats: dict[str, Any]) -> str:
         out.append(f"| `{lab}` | {entry['name']} | {cells} | {entry['count']:,} |")
     totals = " | ".join(f"**{sum(per[s].values()):,}**" for s in SPLITS)
     out.append(f"| **total** | | {totals} | **{stats['rows_out']:,}** |")
+    out += [
+        "",
+        "## Rows per source and split",
+        "",
+        "| source | " + " | ".join(SPLITS) + " | total |",
+        "|---|" + "---:|" * (len(SPLITS) + 1),
+    ]
+    held = set(meta.get("holdout_sources") or [])
+    for src, row in sorted(stats["per_source"].items(), key=lambda kv: -sum(kv[1].values())):
+        name = f"`{src}`" + (" (held out)" if src in held else "")
+        cells = " | ".join(f"{row.get(s, 0):,}" for s in SPLITS)
+        out.append(f"| {name} | {cells} | {sum(row.values()):,} |")
+    if meta.get("archive_only_sources"):
+        only = ", ".join(f"`{s}`" for s in meta["archive_only_sources"])
+        out += ["", f"Archive-level labels only (never fine-level labels): {only}."]
     out += [
         "",
         "Label caveats: see the source's PROVENANCE.md (e.g. rows from archive-only feeds "

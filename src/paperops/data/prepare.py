@@ -1,42 +1,48 @@
-"""Raw arXiv records -> clean, labelled, de-duplicated, split data.
+"""Raw arXiv records (one or several files) -> clean, labelled, de-duplicated, split data.
 
 Outputs: parquet per split + labels.json + stats.json + data card.
 
-Order matters and is deliberate: validate raw rows, clean, label, length bounds, dedupe (by id, then
-by normalised text), drop rare classes, and only then split, so a duplicate can never straddle
-train and test and class counts are counts of unique papers.
+Order matters and is deliberate: validate raw rows, clean, label, length bounds, dedupe across
+files (by id, then by normalised text), cap each class, drop rare classes, and only then split, so
+a duplicate can never straddle train and test and class counts are counts of unique papers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from paperops.data import taxonomy
-from paperops.data.card import render_card
 from paperops.data.errors import DataError
+from paperops.data.outputs import write_prepared
 from paperops.data.schemas import raw_schema
-from paperops.data.sources import OnError, ReadReport, read_arxiv_frame
+from paperops.data.sources import OnError, read_arxiv_files, resolve_raw_paths
+from paperops.data.splits import (
+    SPLIT_KINDS,
+    SPLITS,
+    cap_per_class,
+    choose_holdout,
+    source_split,
+    stratified_split,
+    time_split,
+)
 from paperops.data.text import clean_whitespace, dedupe_key
-from paperops.data.validate import SPLITS, schema_violations
-from paperops.io import atomic_dir
+from paperops.data.validate import schema_violations
+
+__all__ = ["PrepareConfig", "PrepareResult", "prepare", "stratified_split", "time_split"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class PrepareConfig:
-    raw_path: Path
+    raw_paths: str | Path | list[str | Path]
     output_dir: Path
     label_level: str = "archive"
     min_count: int = 50
@@ -55,12 +61,18 @@ class PrepareConfig:
         }
     )
     max_examples: int = 5
+    max_per_class: int | None = None
+    holdout_sources: list[str] = field(default_factory=list)
+    holdout_count: int = 3
+    # Sources whose labels are archive-level only or reconstructed (PROVENANCE "label caveats"):
+    # their rows train archive models but never become fine-level (category) labels.
+    archive_only_sources: list[str] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, data: Any, **overrides: Any) -> PrepareConfig:
         """Build from the Hydra `data` group (the one mapping from config to arguments)."""
         kwargs = dict(
-            raw_path=Path(data.raw_path),
+            raw_paths=_path_list(data.raw_paths),
             output_dir=Path(data.output_dir),
             label_level=data.label_level,
             min_count=data.min_count,
@@ -70,18 +82,22 @@ class PrepareConfig:
             on_error=data.on_error,
             limits=dict(data.limits),
             max_examples=data.validation.max_examples,
+            max_per_class=data.get("max_per_class"),
+            holdout_sources=list(data.get("holdout_sources") or []),
+            holdout_count=int(data.get("holdout_count", 3)),
+            archive_only_sources=list(data.get("archive_only_sources") or []),
         )
         return cls(**{**kwargs, **overrides})
 
     def __post_init__(self) -> None:
-        self.raw_path, self.output_dir = Path(self.raw_path), Path(self.output_dir)
+        self.output_dir = Path(self.output_dir)
         if self.label_level not in taxonomy.LABEL_LEVELS:
             raise ValueError(
                 f"label_level must be one of {list(taxonomy.LABEL_LEVELS)}, "
                 f"got {self.label_level!r}"
             )
-        if self.split not in ("stratified", "time"):
-            raise ValueError(f"split must be 'stratified' or 'time', got {self.split!r}")
+        if self.split not in SPLIT_KINDS:
+            raise ValueError(f"split must be one of {list(SPLIT_KINDS)}, got {self.split!r}")
         if set(self.fractions) != set(SPLITS):
             raise ValueError(
                 f"fractions must have exactly the keys {list(SPLITS)}, got {sorted(self.fractions)}"
@@ -94,6 +110,11 @@ class PrepareConfig:
                 f"min_count must be >= {len(SPLITS)} so every split can hold every "
                 f"class, got {self.min_count}"
             )
+        if self.max_per_class is not None and self.max_per_class < self.min_count:
+            raise ValueError(
+                f"max_per_class ({self.max_per_class}) must be >= min_count ({self.min_count}): "
+                "a smaller cap would drop every class as rare"
+            )
 
 
 @dataclass
@@ -105,28 +126,39 @@ class PrepareResult:
     seconds: float
 
 
+def _path_list(value: Any) -> str | list[str]:
+    """A config's `raw_paths` (a string or a list config) as plain Python."""
+    return value if isinstance(value, str) else [str(v) for v in value]
+
+
 def prepare(cfg: PrepareConfig) -> PrepareResult:
     """Run the whole preparation and write its outputs atomically (all or nothing)."""
     t0 = time.perf_counter()
-    report = ReadReport(str(cfg.raw_path), max_examples=cfg.max_examples)
-    df = read_arxiv_frame(cfg.raw_path, on_error=cfg.on_error, report=report)
+    paths = resolve_raw_paths(cfg.raw_paths)
+    df, reports = read_arxiv_files(paths, on_error=cfg.on_error, max_examples=cfg.max_examples)
     n_read = len(df)
-    log.info("read %d records from %s (%d lines skipped)", n_read, cfg.raw_path, report.n_skipped)
-    dropped: Counter[str] = Counter(report.skipped)
-    examples: dict[str, list[str]] = {k: list(v) for k, v in report.examples.items()}
+    dropped: Counter[str] = Counter()
+    examples: dict[str, list[str]] = {}
+    for path, report in zip(paths, reports, strict=True):
+        log.info("read %d records from %s (%d lines skipped)", report.records, path,
+                 report.n_skipped)  # fmt: skip
+        dropped.update(report.skipped)
+        for rule, exs in report.examples.items():
+            examples.setdefault(rule, []).extend(exs)
 
+    df["path"] = df["file"].map({i: p.name for i, p in enumerate(paths)})  # examples name files
     violations, bad = schema_violations(df, raw_schema(), "raw", cfg.max_examples)
     if violations:
         if cfg.on_error == "raise":
             detail = "\n".join(
                 f"  [{v.rule}] {v.where}: {v.message} ({v.count} rows), e.g. "
-                + "; ".join(f"{cfg.raw_path} {ex}" for ex in v.examples[:3])
+                + "; ".join(v.examples[:3])
                 for v in violations
             )
             raise DataError(
                 f"raw data violates {len(violations)} rule(s) "
                 f"(use --on-error skip to drop these rows):\n{detail}",
-                path=cfg.raw_path,
+                path=paths[0] if len(paths) == 1 else ", ".join(map(str, paths)),
                 rule="raw_schema",
             )
         by_rule = Counter(bad.values())  # each dropped row counted once, under its first rule
@@ -140,11 +172,16 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     df["abstract"] = clean_whitespace(df["abstract"])
     df["primary_category"] = df["primary"].map(taxonomy.canonical)
     df = df.drop(columns="primary")
+    df = _drop_conflicting_primaries(df, paths, cfg.on_error, dropped)
     if cfg.label_level == "category":
-        # An archive-level code (e.g. "cond-mat" alone) says nothing about the sub-category.
+        # An archive-level code (e.g. "cond-mat" alone) says nothing about the sub-category, and
+        # a source whose labels are archive-only or reconstructed (PROVENANCE) may not either.
         coarse = df["primary_category"].map(lambda c: taxonomy.lookup(c).coarse).astype(bool)
-        dropped["coarse_label_at_category_level"] = int(coarse.sum())
+        dropped["coarse_label_at_category_level"] += int(coarse.sum())
         df = df[~coarse]
+        only = df["source"].isin(cfg.archive_only_sources)
+        dropped["archive_only_source"] += int(only.sum())
+        df = df[~only]
     df["label"] = df["primary_category"].map(lambda c: taxonomy.label_for(c, cfg.label_level))
 
     lim = cfg.limits
@@ -155,11 +192,11 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         dropped[f"{col}_too_long"] += int(long_.sum())
         df = df[~(short | long_)]
 
-    # Dedupe: the kept copy must not depend on file order. Per id keep the newest version (ties
-    # broken by content, `line` last); among equal texts keep the smallest id.
+    # Dedupe: the kept copy must not depend on row order. Per id keep the newest version (ties
+    # broken by content, then file order, `line` last); among equal texts keep the smallest id.
     df = df.sort_values(
-        ["id", "update_date", "title", "abstract", "categories", "line"],
-        ascending=[True, False, True, True, True, True],
+        ["id", "update_date", "title", "abstract", "categories", "file", "line"],
+        ascending=[True, False, True, True, True, True, True],
         kind="stable",
     )
     dup_id = df["id"].duplicated(keep="first")
@@ -167,130 +204,88 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     df = df[~dup_id]
     dup_text = dedupe_key(df["title"], df["abstract"]).duplicated(keep="first")
     dropped["duplicate_text"] += int(dup_text.sum())
-    df = df[~dup_text]
+    df = df[~dup_text].reset_index(drop=True)
 
-    class_counts = df["label"].value_counts()
+    holdout: list[str] = []
+    if cfg.split == "source":
+        holdout = choose_holdout(
+            df["source"].tolist(), cfg.holdout_sources, cfg.holdout_count, cfg.seed
+        )
+    held = df["source"].isin(holdout)
+    if cfg.max_per_class is not None:  # held-out test rows are never capped: they are the test
+        h = held.to_numpy()
+        keep = h.copy()
+        keep[~h] = cap_per_class(df.loc[~held, "label"], cfg.max_per_class, cfg.seed).to_numpy()
+        dropped["class_cap"] += int((~keep).sum())
+        df, held = df[keep], held[keep]
+
+    # Rare classes are judged on the rows a model trains on (for split=source: the kept sources);
+    # a held-out paper of a class the model never saw cannot be scored, so it is dropped too.
+    class_counts = df.loc[~held, "label"].value_counts()
     rare = class_counts[class_counts < cfg.min_count]
-    dropped["rare_class"] += int(rare.sum())
-    df = df[~df["label"].isin(rare.index)].reset_index(drop=True)
-    if df.empty:
+    unseen = held & ~df["label"].isin(class_counts.index)
+    dropped["rare_class"] += int(df["label"].isin(rare.index).sum())
+    dropped["holdout_class_not_in_training"] += int(unseen.sum())
+    df = df[~df["label"].isin(rare.index) & ~unseen].reset_index(drop=True)
+    if df.empty or (cfg.split == "source" and not df["source"].isin(holdout).any()):
         raise DataError(
-            f"no rows left after cleaning (min_count={cfg.min_count}); dropped: {dict(+dropped)}",
-            path=cfg.raw_path,
+            f"no {'held-out ' if holdout else ''}rows left after cleaning "
+            f"(min_count={cfg.min_count}); dropped: {dict(+dropped)}",
+            path=", ".join(map(str, paths)),
             rule="non_empty_output",
         )
 
-    df["split"] = (
-        stratified_split(df["label"].to_numpy(), cfg.fractions, cfg.seed)
-        if cfg.split == "stratified"
-        else time_split(df, cfg.fractions)
-    )
+    if cfg.split == "stratified":
+        df["split"] = stratified_split(df["label"].to_numpy(), cfg.fractions, cfg.seed)
+    elif cfg.split == "time":
+        df["split"] = time_split(df, cfg.fractions)
+    else:
+        df["split"] = source_split(df, holdout, cfg.fractions, cfg.seed)
     labels = sorted(df["label"].unique())
-    _write(cfg, df, labels, n_read, +dropped, examples, {k: int(v) for k, v in rare.items()})
+    meta = {
+        "label_level": cfg.label_level,
+        "split": cfg.split,
+        "seed": cfg.seed,
+        "fractions": dict(cfg.fractions),
+        "min_count": cfg.min_count,
+        "max_per_class": cfg.max_per_class,
+        "holdout_sources": holdout,
+        "archive_only_sources": list(cfg.archive_only_sources),
+    }
+    stats = {"rows_read": n_read, "dropped": +dropped, "dropped_examples": examples,
+             "rare_classes": {k: int(v) for k, v in rare.items()}}  # fmt: skip
+    write_prepared(cfg.output_dir, paths, df, labels, meta, stats)
     counts = {k: int(v) for k, v in df["split"].value_counts().items()}
     seconds = time.perf_counter() - t0
     log.info("wrote %s: %s, %d labels, in %.1f s", cfg.output_dir, counts, len(labels), seconds)
     return PrepareResult(cfg.output_dir, counts, labels, dict(+dropped), seconds)
 
 
-def _allocate(n: int, fractions: list[float]) -> list[int]:
-    """Split n items by fractions (largest remainder), giving every split at least one item."""
-    raw = np.array(fractions) * n
-    counts = np.floor(raw).astype(int)
-    for i in np.argsort(-(raw - counts))[: n - counts.sum()]:
-        counts[i] += 1
-    for i in range(len(counts)):  # take from the largest split for any empty one
-        if counts[i] == 0 and counts.max() > 1:
-            counts[counts.argmax()] -= 1
-            counts[i] += 1
-    return counts.tolist()
-
-
-def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> np.ndarray:
-    """Per-class seeded shuffle and cut. Each class gets its own RNG stream (seed, crc32(label)),
-    so adding or removing one class does not reshuffle the others."""
-    names = list(SPLITS)
-    out = np.empty(len(labels), dtype=object)
-    for label in np.unique(labels):
-        idx = np.flatnonzero(labels == label)
-        rng = np.random.default_rng([seed, zlib.crc32(str(label).encode())])
-        idx = rng.permutation(idx)
-        start = 0
-        for name, k in zip(names, _allocate(len(idx), [fractions[n] for n in names]), strict=True):
-            out[idx[start : start + k]] = name
-            start += k
-    return out
-
-
-def time_split(df: pd.DataFrame, fractions: dict[str, float]) -> np.ndarray:
-    """Oldest papers train, newest test: measures how a model ages. Ties broken by id."""
-    order = np.lexsort((df["id"].to_numpy(), df["update_date"].to_numpy()))
-    out = np.empty(len(df), dtype=object)
-    start = 0
-    for name, k in zip(SPLITS, _allocate(len(df), [fractions[n] for n in SPLITS]), strict=True):
-        out[order[start : start + k]] = name
-        start += k
-    return out
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _write(
-    cfg: PrepareConfig,
-    df: pd.DataFrame,
-    labels: list[str],
-    n_read: int,
-    dropped: dict[str, int],
-    examples: dict[str, list[str]],
-    rare: dict[str, int],
-) -> None:
-    columns = [
-        "id",
-        "title",
-        "abstract",
-        "label",
-        "primary_category",
-        "categories",
-        "update_date",
-        "line",
-    ]
-    per_split = {s: df.loc[df["split"] == s, "label"].value_counts().to_dict() for s in SPLITS}
-    meta: dict[str, Any] = {
-        "label_level": cfg.label_level,
-        "split": cfg.split,
-        "seed": cfg.seed,
-        "fractions": dict(cfg.fractions),
-        "min_count": cfg.min_count,
-        "raw_path": str(cfg.raw_path),
-        "raw_sha256": file_sha256(cfg.raw_path),
-        "labels": [
-            {
-                "index": i,
-                "label": lab,
-                "name": taxonomy.display_name(lab),
-                "count": int(sum(per_split[s].get(lab, 0) for s in SPLITS)),
-            }
-            for i, lab in enumerate(labels)
-        ],
-    }
-    stats = {
-        "rows_read": n_read,
-        "rows_out": len(df),
-        "dropped": dropped,
-        "dropped_examples": examples,
-        "rare_classes": rare,
-        "per_split": {s: {lab: int(per_split[s].get(lab, 0)) for lab in labels} for s in SPLITS},
-    }
-    with atomic_dir(cfg.output_dir) as tmp:
-        for s in SPLITS:
-            part = df.loc[df["split"] == s, columns].reset_index(drop=True)
-            part.to_parquet(tmp / f"{s}.parquet", index=False)
-        (tmp / "labels.json").write_text(json.dumps(meta, indent=2) + "\n")
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-        (tmp / "data_card.md").write_text(render_card(meta, stats))
+def _drop_conflicting_primaries(
+    df: pd.DataFrame, paths: list[Path], on_error: OnError, dropped: Counter[str]
+) -> pd.DataFrame:
+    """One paper (id) whose files disagree on its primary category: an error naming the files,
+    or with on_error=skip every copy dropped and counted (no file is trusted over another)."""
+    multi = df[df.duplicated("id", keep=False)]
+    if multi.empty:
+        return df
+    per_id = multi.groupby("id").agg(n=("primary_category", "nunique"), files=("file", "nunique"))
+    bad = per_id.index[(per_id["n"] > 1) & (per_id["files"] > 1)]
+    if len(bad) == 0:
+        return df
+    if on_error == "raise":
+        first = multi[multi["id"] == bad[0]]
+        where = "; ".join(
+            f"{paths[f]} line {ln}: {c}"
+            for f, ln, c in first[["file", "line", "primary_category"]].itertuples(index=False)
+        )
+        raise DataError(
+            f"{len(bad)} paper(s) have different primary categories in different files, e.g. "
+            f"{bad[0]}: {where}. Fix the files, drop one from data.raw_paths, or use "
+            "--on-error skip to drop every copy of such papers",
+            path=", ".join(map(str, paths)),
+            rule="conflicting_primary",
+        )
+    hit = df["id"].isin(bad)
+    dropped["conflicting_primary"] += int(hit.sum())
+    return df[~hit]

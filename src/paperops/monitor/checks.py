@@ -165,7 +165,8 @@ def embed_texts(cfg: DriftConfig, ref_texts: list[str], win_texts: list[str]) ->
             f"TF-IDF + SVD ({dims} dims) fitted on the reference",
         )
     # deferred: pulls torch
-    from paperops.models.encoder import EmbeddingCache, embed, load_encoder
+    from paperops.models.embedding_cache import EmbeddingCache
+    from paperops.models.encoder import embed, load_encoder
 
     encoder = load_encoder(cfg.encoder)
     ref_emb = (

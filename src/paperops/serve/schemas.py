@@ -208,6 +208,12 @@ class PaperResult(BaseModel):
         description="Conformal prediction set at coverage_target; empty means no label is "
         "confident enough at that coverage."
     )
+    archive: LabelScoreOut | None = Field(
+        default=None,
+        description="The top label's archive, with the summed probability of that archive's "
+        "labels (a category model answers both levels; for an archive model it is the label). "
+        "Null for labels outside the arXiv taxonomy.",
+    )
 
 
 class ModelSummary(BaseModel):

@@ -19,7 +19,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ DEFAULT_NAME = "paperops-classifier"
 DEFAULT_METRIC = "val_macro_f1"
 # version tags
 METRIC_TAG, SCORE_TAG, DIRECTION_TAG = "metric", "score", "higher_is_better"
+LEVEL_TAG = "label_level"  # archive | category: never compared across
 PROVENANCE_TAGS = ("family", "data_hash", "git_sha", "git_dirty", "paperops_version")
 
 
@@ -364,6 +365,7 @@ def register_candidate(
         for key, value in version_tags.items():
             client.set_model_version_tag(name, version, key, value)
         decision = _gate(client, name, version, score, metric, higher_is_better, champion)
+        decision = _same_task(decision, version_tags.get(LEVEL_TAG), champion)
         client.update_model_version(name, version, description=decision.reason)
         if decision.promoted:
             client.set_registered_model_alias(name, CHAMPION, version)
@@ -382,6 +384,23 @@ def register_candidate(
         raise
     log.info("%s", decision.reason)
     return decision
+
+
+def _same_task(decision: Decision, level: str | None, champion: Any | None) -> Decision:
+    """Never promote across label levels: an archive model's macro-F1 over ~20 archives and a
+    category model's over ~100 categories are not comparable, and a server asking for the
+    champion of one name must get the task it expects. Each level keeps its own registered
+    model (`experiment=category` registers as paperops-category-classifier)."""
+    theirs = None if champion is None else (champion.tags or {}).get(LEVEL_TAG)
+    if not decision.promoted or champion is None or level is None or theirs in (None, level):
+        return decision
+    reason = (
+        f"v{decision.version} is a {level}-level model but champion v{champion.version} of "
+        f"{decision.name} is {theirs}-level: not compared, champion stays "
+        f"v{champion.version}; register {level}-level models under their own name "
+        "(logger.registered_model=...)"
+    )
+    return replace(decision, promoted=False, reason=reason)
 
 
 def _gate(

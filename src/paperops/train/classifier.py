@@ -112,6 +112,7 @@ def _track_and_register(
         tags={
             "family": str(cfg.model.family),
             "data_hash": info["data_hash"],
+            "label_level": info["label_level"],
         },
     )
     d = asdict(decision)
@@ -120,6 +121,16 @@ def _track_and_register(
     )
     log.info("registry: %s", decision.reason)
     return d
+
+
+def _label_level(processed: Path) -> str:
+    """archive or category, from the prepared data; 'custom' for data prepared elsewhere."""
+    meta = processed / "labels.json"
+    return (
+        str(json.loads(meta.read_text()).get("label_level", "custom"))
+        if meta.is_file()
+        else "custom"
+    )
 
 
 def train_classifier(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainResult | None:
@@ -161,6 +172,7 @@ def train_classifier(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> 
         )
         info = {
             **run_info(cfg, run, processed, seed=int(cfg.seed)),
+            "label_level": _label_level(processed),
             "max_rows": max_rows,
             "rows": {k: len(v) for k, v in splits.items()},
             "val_metrics": val_metrics,

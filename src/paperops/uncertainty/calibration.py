@@ -104,6 +104,7 @@ class ConformalSettings(Protocol):
     alpha: float
     conformal_randomized: bool
     conformal_allow_empty: bool
+    conformal_mondrian: bool
 
 
 def fit_calibration(cal_logits: Any, cal_y: Any, cfg: ConformalSettings) -> Calibration:
@@ -127,6 +128,7 @@ def fit_calibration(cal_logits: Any, cal_y: Any, cfg: ConformalSettings) -> Cali
         alpha=cfg.alpha,
         randomized=bool(cfg.conformal_randomized),
         allow_empty=bool(cfg.conformal_allow_empty),
+        mondrian=bool(getattr(cfg, "conformal_mondrian", False)),
     )
     try:
         conformal.fit(scaler.transform(z), y)

@@ -50,7 +50,7 @@ def invoke(runner: CliRunner, *args: str) -> Any:
 
 def overrides(tmp_path: Path, raw: Path, **extra: object) -> list[str]:
     values = {
-        "data.raw_path": raw,
+        "data.raw_paths": raw,
         "data.output_dir": tmp_path / "processed",
         "data.min_count": 4,
         "data.validation.report_path": tmp_path / "reports" / "validation.json",
@@ -166,7 +166,7 @@ def test_prepare_unknown_category_exits_2_with_rule(runner: CliRunner, tmp_path:
     result = invoke(runner, "data", "prepare", *overrides(tmp_path, raw))
     assert result.exit_code == 2
     assert "[known_category]" in result.stderr
-    assert f"{raw} line 10 id={records[9]['id']}: 'cs.XX'" in result.stderr
+    assert f"raw.jsonl line 10 id={records[9]['id']}: 'cs.XX'" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -192,7 +192,9 @@ def test_prepare_missing_raw_file(runner: CliRunner, tmp_path: Path) -> None:
     raw = tmp_path / "nope.jsonl"
     result = invoke(runner, "data", "prepare", *overrides(tmp_path, raw))
     assert result.exit_code == 2
-    assert result.stderr == f"error: {raw}: file not found [file_exists]\n"
+    assert result.stderr == (
+        f"error: {raw}: file not found: fix or drop it in data.raw_paths [file_exists]\n"
+    )
 
 
 @pytest.mark.parametrize("command", [("data", "prepare"), ("data", "validate"), ("config", "show")])

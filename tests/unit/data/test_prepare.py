@@ -28,6 +28,7 @@ COLUMNS = [
     "primary_category",
     "categories",
     "update_date",
+    "source",
     "line",
 ]
 FRACTIONS = {"train": 0.7, "val": 0.1, "calibration": 0.1, "test": 0.1}
@@ -49,7 +50,7 @@ def paper(i: int, primary: str = "cs.LG", **changes: Any) -> dict[str, Any]:
 def run(tmp_path: Path, records: list, **cfg: Any) -> PrepareResult:
     raw = write_jsonl(tmp_path / "raw.jsonl", records)
     cfg.setdefault("min_count", 4)
-    return prepare(PrepareConfig(raw_path=raw, output_dir=tmp_path / "processed", **cfg))
+    return prepare(PrepareConfig(raw_paths=raw, output_dir=tmp_path / "processed", **cfg))
 
 
 def load(out: Path) -> dict[str, pd.DataFrame]:
@@ -141,7 +142,7 @@ def test_unknown_category_raises_naming_rule_and_line(tmp_path: Path) -> None:
     msg = str(info.value)
     assert info.value.rule == "raw_schema"
     assert "[known_category] raw.primary" in msg
-    assert f"{tmp_path / 'raw.jsonl'} line 7 id=2103.00007: 'cs.XX'" in msg
+    assert str(tmp_path / "raw.jsonl") in msg and "raw.jsonl line 7 id=2103.00007: 'cs.XX'" in msg
     assert "use --on-error skip" in msg
     assert not (tmp_path / "processed").exists()
 
@@ -155,7 +156,8 @@ def test_unknown_category_skipped_and_counted(tmp_path: Path) -> None:
     assert "2103.00007" not in set(df["id"])
     stats = json.loads((result.output_dir / "stats.json").read_text())
     assert stats["rows_read"] == 8
-    assert stats["dropped_examples"]["known_category"] == ["line 7 id=2103.00007: 'cs.XX'"]
+    examples = stats["dropped_examples"]["known_category"]
+    assert examples == ["raw.jsonl line 7 id=2103.00007: 'cs.XX'"]
 
 
 def test_every_dropped_row_counted_once(tmp_path: Path) -> None:
@@ -397,7 +399,9 @@ def test_outputs(tmp_path: Path) -> None:
     }
     assert sum(e["count"] for e in meta["labels"]) == n
     raw = tmp_path / "raw.jsonl"
-    assert meta["raw_sha256"] == hashlib.sha256(raw.read_bytes()).hexdigest()
+    assert meta["raw_files"] == [
+        {"path": str(raw), "sha256": hashlib.sha256(raw.read_bytes()).hexdigest()}
+    ]
     assert (meta["label_level"], meta["split"], meta["seed"], meta["min_count"]) == (
         "archive",
         "stratified",
@@ -441,7 +445,7 @@ def test_card_lists_every_drop_reason(tmp_path: Path) -> None:
 
 def test_gzip_input(tmp_path: Path) -> None:
     raw = write_jsonl(tmp_path / "raw.jsonl.gz", make_records(DEFAULT_COUNTS), gzip=True)
-    result = prepare(PrepareConfig(raw_path=raw, output_dir=tmp_path / "out", min_count=4))
+    result = prepare(PrepareConfig(raw_paths=raw, output_dir=tmp_path / "out", min_count=4))
     assert sum(result.counts.values()) == 62
 
 
@@ -487,14 +491,14 @@ def test_rerun_replaces_output(tmp_path: Path) -> None:
         ),
         ({"fractions": {"train": 0.8, "test": 0.2}}, "fractions must have exactly the keys"),
         ({"label_level": "group"}, "label_level must be one of"),
-        ({"split": "random"}, "split must be 'stratified' or 'time'"),
+        ({"split": "random"}, "split must be one of"),
         ({"min_count": 3}, "min_count must be >= 4"),
     ],
     ids=["sum", "negative", "keys", "label_level", "split", "min_count"],
 )
 def test_invalid_config(tmp_path: Path, changes: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
-        PrepareConfig(raw_path=tmp_path / "raw.jsonl", output_dir=tmp_path / "out", **changes)
+        PrepareConfig(raw_paths=tmp_path / "raw.jsonl", output_dir=tmp_path / "out", **changes)
 
 
 def test_invalid_on_error(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def read_all(path: Path, **kw: object) -> list[dict]:
 
 
 def strip_line(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "line"} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("line", "source")} for r in records]
 
 
 # --- arXiv JSON lines: good input -----------------------------------------------------------
@@ -100,8 +100,9 @@ def test_unicode_and_tex_survive(tmp_path: Path) -> None:
 def test_read_arxiv_frame_adds_primary(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "a.jsonl", [good(1), good(2, categories="  hep-th  gr-qc")])
     df = read_arxiv_frame(path)
-    assert list(df.columns) == [*ARXIV_FIELDS, "line", "primary"]
+    assert list(df.columns) == [*ARXIV_FIELDS, "source", "line", "primary"]
     assert df["primary"].tolist() == ["cs.LG", "hep-th"]
+    assert df["source"].tolist() == ["a.jsonl", "a.jsonl"]  # no `source` key: the file is one
     assert df["line"].tolist() == [1, 2]
 
 

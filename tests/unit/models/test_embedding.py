@@ -31,7 +31,7 @@ from paperops.models.embedding import (  # noqa: E402
     EmbeddingClassifier,
     EmbeddingConfig,
 )
-from paperops.models.encoder import EmbeddingCache  # noqa: E402
+from paperops.models.embedding_cache import EmbeddingCache, text_key  # noqa: E402
 from paperops.models.lightning import (  # noqa: E402
     balanced_class_weights,
     build_trainer,
@@ -126,9 +126,15 @@ def test_embeddings_are_cached_for_the_next_run(trained, splits, tiny_encoder_di
     clf, _, work = trained
     data, labels = splits
     cache = EmbeddingCache(work / "embedding_cache")
+    from safetensors import safe_open
+
+    keys = set()
+    for shard in cache.shards(clf.encoder):
+        with safe_open(str(shard), "np") as f:
+            keys |= {k.tobytes() for k in f.get_tensor("keys")}
     for split in ("train", "val"):
-        assert cache.path(cache.key(clf.encoder, data[split].texts)).is_file()
-    cache_files = sorted((work / "embedding_cache").glob("*.safetensors"))
+        assert {text_key(t) for t in data[split].texts} <= keys
+    cache_files = cache.shards(clf.encoder)
     import paperops.models.encoder as encoder_module
 
     def no_embedding(*args, **kwargs):
@@ -144,7 +150,7 @@ def test_embeddings_are_cached_for_the_next_run(trained, splits, tiny_encoder_di
         work_dir=work,
         seed=1,
     )
-    assert sorted((work / "embedding_cache").glob("*.safetensors")) == cache_files  # all hits
+    assert cache.shards(clf.encoder) == cache_files  # all hits
     assert again.fit_summary["epochs_run"] == 3
     assert again.logits(data["val"].texts).shape == (len(data["val"]), len(labels))
 
@@ -256,7 +262,7 @@ def test_linear_head_and_unweighted_loss(splits, tiny_encoder_dir, tmp_path: Pat
     assert not (tmp_path / "c").exists()  # small batches are not worth a cache file
     loaded.cache_min_texts = 1
     np.testing.assert_array_equal(loaded.logits(data["val"].texts), clf.logits(data["val"].texts))
-    assert len(list((tmp_path / "c").glob("*.safetensors"))) == 1
+    assert len(list((tmp_path / "c").glob("*/shard-*.safetensors"))) == 1
 
 
 def test_balanced_class_weights_match_sklearn():

@@ -18,8 +18,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from paperops.models.base import ModelLoadError  # noqa: E402
+from paperops.models.embedding_cache import EmbeddingCache  # noqa: E402
 from paperops.models.encoder import (  # noqa: E402
-    EmbeddingCache,
     EncoderNotFoundError,
     embed,
     load_encoder,
@@ -152,7 +152,7 @@ def test_cache_hit_skips_the_model(tiny_encoder_dir: Path, tmp_path: Path, caplo
     enc = load_encoder(str(tiny_encoder_dir))
     counter = _CountingEncoder(enc)
     cache = EmbeddingCache(tmp_path / "cache")
-    with caplog.at_level(logging.INFO, logger="paperops.models.encoder"):
+    with caplog.at_level(logging.INFO, logger="paperops.models.embedding_cache"):
         first = cache.get_or_compute(enc, TEXTS, batch_size=2, progress=False)
         calls = counter.calls
         assert calls == 3 and cache.misses == 1
@@ -161,35 +161,69 @@ def test_cache_hit_skips_the_model(tiny_encoder_dir: Path, tmp_path: Path, caplo
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(first, embed(enc, TEXTS, 2, progress=False))
     assert "cache miss" in caplog.text and "cache hit" in caplog.text
-    # one safetensors file (no pickle), no temp files left behind
-    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert files == [f"{cache.key(enc, TEXTS)}.safetensors"]
+    # one safetensors shard (no pickle), no temp files left behind
+    (shard,) = cache.shards(enc)
+    assert [p.name for p in cache.directory(enc).iterdir()] == [shard.name]
     from safetensors import safe_open
 
-    with safe_open(str(tmp_path / "cache" / files[0]), "np") as f:
-        assert list(f.keys()) == ["embeddings"]
+    with safe_open(str(shard), "np") as f:
+        assert sorted(f.keys()) == ["embeddings", "keys"]
         assert f.metadata()["fingerprint"] == enc.fingerprint()
 
 
-def test_cache_key_depends_on_texts_and_encoder(tiny_encoder_dir: Path, tmp_path: Path):
+def test_cache_is_per_text_and_per_encoder(tiny_encoder_dir: Path, tmp_path: Path):
     enc = load_encoder(str(tiny_encoder_dir))
     cache = EmbeddingCache(tmp_path)
-    key = cache.key(enc, TEXTS)
-    assert key == cache.key(enc, list(TEXTS))
-    assert key != cache.key(enc, TEXTS[:-1])
-    assert key != cache.key(enc, list(reversed(TEXTS)))
-    assert key != cache.key(load_encoder(str(tiny_encoder_dir), 64), TEXTS)
+    full = cache.get_or_compute(enc, TEXTS, progress=False)
+    # any reordering or subset of known texts is a hit: no encoder call, same rows
+    again = cache.get_or_compute(enc, list(reversed(TEXTS[1:])), progress=False)
+    np.testing.assert_array_equal(again, full[1:][::-1])
+    assert (cache.hits, cache.misses, cache.embedded) == (1, 1, len(TEXTS))
+    # one new text: only it is embedded, into a second shard
+    more = cache.get_or_compute(enc, [*TEXTS, "a text nobody embedded yet"], progress=False)
+    np.testing.assert_array_equal(more[:-1], full)
+    assert cache.embedded == len(TEXTS) + 1 and len(cache.shards(enc)) == 2
+    # another encoder (different max length = different fingerprint) never reads these rows
+    other = load_encoder(str(tiny_encoder_dir), 64)
+    assert cache.directory(other) != cache.directory(enc)
+    EmbeddingCache(tmp_path).get_or_compute(other, TEXTS[:1], progress=False)
+    assert len(cache.shards(other)) == 1
 
 
-def test_corrupt_cache_file_is_recomputed(tiny_encoder_dir: Path, tmp_path: Path, caplog):
+def test_an_interrupted_run_resumes_where_it_stopped(tiny_encoder_dir: Path, tmp_path: Path,
+                                                     monkeypatch):  # fmt: skip
+    import paperops.models.encoder as encoder_module
+
+    enc = load_encoder(str(tiny_encoder_dir))
+    texts = [f"paper number {i} on graphs" for i in range(10)]
+    real, calls = encoder_module.embed, []
+
+    def dies_on_third_chunk(encoder, chunk, *args, **kwargs):
+        calls.append(len(chunk))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C mid-run
+        return real(encoder, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(encoder_module, "embed", dies_on_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        EmbeddingCache(tmp_path, chunk=3).get_or_compute(enc, texts, progress=False)
+    assert len(EmbeddingCache(tmp_path).shards(enc)) == 2  # two finished chunks kept
+    assert not list(EmbeddingCache(tmp_path).directory(enc).glob(".*"))  # no temp file left
+    monkeypatch.setattr(encoder_module, "embed", real)
+    cache = EmbeddingCache(tmp_path, chunk=3)
+    out = cache.get_or_compute(enc, texts, progress=False)
+    assert cache.embedded == 4  # only the 4 texts the interrupted run had not finished
+    np.testing.assert_array_equal(out, real(enc, texts, progress=False))
+
+
+def test_corrupt_shard_is_ignored_and_recomputed(tiny_encoder_dir: Path, tmp_path: Path, caplog):
     enc = load_encoder(str(tiny_encoder_dir))
     cache = EmbeddingCache(tmp_path)
     good = cache.get_or_compute(enc, TEXTS, progress=False)
-    path = cache.path(cache.key(enc, TEXTS))
-    path.write_bytes(b"\x00garbage, not safetensors")
+    (shard,) = cache.shards(enc)
+    shard.write_bytes(b"\x00garbage, not safetensors")
+    fresh = EmbeddingCache(tmp_path)
     with caplog.at_level(logging.WARNING):
-        again = cache.get_or_compute(enc, TEXTS, progress=False)
-    assert "unreadable" in caplog.text and cache.misses == 2
+        again = fresh.get_or_compute(enc, TEXTS, progress=False)
+    assert "unreadable" in caplog.text and fresh.misses == 1
     np.testing.assert_array_equal(good, again)
-    # and the file was repaired
-    assert EmbeddingCache(tmp_path).get_or_compute(enc, TEXTS, progress=False).shape == good.shape

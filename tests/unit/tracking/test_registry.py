@@ -121,6 +121,16 @@ def test_gate_refuses_a_worse_model_and_promotes_a_better_one(store, logged, nam
     assert all(r["family"] == "tfidf" and r["created"] for r in rows)
 
 
+def test_a_champion_of_another_label_level_is_never_replaced(store, logged, name) -> None:
+    candidate(store, logged, name, 0.60, tags={"label_level": "archive"})
+    other = candidate(store, logged, name, 0.95, tags={"label_level": "category"})
+    assert not other.promoted and champion_version(store, name) == "1"
+    assert "category-level model" in other.reason and "archive-level" in other.reason
+    assert "logger.registered_model" in other.reason
+    same = candidate(store, logged, name, 0.70, tags={"label_level": "archive"})
+    assert same.promoted and champion_version(store, name) == "3"
+
+
 def test_lower_is_better_metric(store, logged, name) -> None:
     kw = {"metric": "val_perplexity", "higher_is_better": False}
     assert candidate(store, logged, name, 30.0, **kw).promoted

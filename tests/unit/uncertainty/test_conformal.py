@@ -70,11 +70,9 @@ def test_perfect_model_gives_singletons(method: str, randomized: bool) -> None:
     probs = np.eye(K)[labels]
     cp = ConformalPredictor(method, 0.1, randomized=randomized).fit(probs[:250], labels[:250])
     assert cp.predict_sets(probs[250:]) == [[y] for y in labels[250:].tolist()]
-    assert cp.evaluate(probs[250:], labels[250:]) == {
-        "coverage": 1.0,
-        "mean_set_size": 1.0,
-        "target": 0.9,
-    }
+    res = cp.evaluate(probs[250:], labels[250:])
+    assert (res["coverage"], res["mean_set_size"], res["target"]) == (1.0, 1.0, 0.9)
+    assert res["min_class_coverage"] == 1.0 and set(res["per_class_coverage"]) == {1.0}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -162,3 +160,53 @@ def test_round_trip(split, randomized: bool) -> None:
     assert back == cp
     assert back.predict_sets(p_test[:100]) == cp.predict_sets(p_test[:100])
     assert ConformalPredictor.from_dict(ConformalPredictor().to_dict()).qhat is None
+
+
+def _one_hard_class(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Classes 0 and 1 (45% each): the model is confident and right. Class 2 (10%): the model
+    gives it 5-30%, so marginal sets reach 90% by covering the easy rows and missing class 2."""
+    y = rng.choice(3, size=n, p=[0.45, 0.45, 0.10])
+    probs = np.empty((n, 3))
+    for i, c in enumerate(y):
+        if c < 2:
+            p_true = rng.uniform(0.6, 0.95)
+            other = rng.dirichlet([1, 1]) * (1 - p_true)
+            probs[i] = np.insert(other, c, p_true)
+        else:
+            p_true = rng.uniform(0.05, 0.30)
+            probs[i] = np.append(rng.dirichlet([1, 1]) * (1 - p_true), p_true)
+    return probs, y
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_mondrian_covers_every_class_where_marginal_misses_one(method: str) -> None:
+    rng = np.random.default_rng(11)
+    p_cal, y_cal = _one_hard_class(20_000, rng)
+    p_test, y_test = _one_hard_class(20_000, rng)
+    # empty sets and randomized APS allowed: else the always-right top-1 of classes 0 and 1 (APS
+    # score 0) covers them at 100% and only class 2 can be measured against the target
+    kw = {"allow_empty": True, "randomized": True}
+    marginal = ConformalPredictor(method, 0.1, **kw).fit(p_cal, y_cal)
+    marginal = marginal.evaluate(p_test, y_test)
+    assert marginal["coverage"] == pytest.approx(0.9, abs=0.02)
+    assert marginal["per_class_coverage"][2] < 0.75  # the hard class is under-covered
+
+    cp = ConformalPredictor(method, 0.1, mondrian=True, **kw).fit(p_cal, y_cal)
+    res = cp.evaluate(p_test, y_test)
+    assert cp.fallback == [] and len(cp.qhat_per_class or []) == 3
+    for c, cov in enumerate(res["per_class_coverage"]):  # ~2,000 test rows of class 2: sd 0.007
+        assert 0.87 <= cov <= 0.94, (c, cov)
+    assert res["min_class_coverage"] >= 0.87
+    back = ConformalPredictor.from_dict(json.loads(json.dumps(cp.to_dict())))
+    assert back.predict_sets(p_test[:200]) == cp.predict_sets(p_test[:200])
+
+
+def test_mondrian_falls_back_to_marginal_for_a_class_too_rare() -> None:
+    rng = np.random.default_rng(2)
+    probs, labels = sample(400, rng)
+    labels[labels == 3] = 4
+    labels[:5] = 3  # 5 calibration rows < 1/alpha - 1 = 9
+    cp = ConformalPredictor("aps", 0.1, mondrian=True).fit(probs, labels)
+    assert 3 in (cp.fallback or []) and cp.qhat_per_class[3] == cp.qhat  # type: ignore[index]
+    with pytest.raises(ValueError, match="fitted on 15 classes"):
+        cp.predict_sets(probs[:, :4] / probs[:, :4].sum(axis=1, keepdims=True))

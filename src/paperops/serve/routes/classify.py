@@ -92,6 +92,7 @@ def make_classify_router(state: ServeState) -> APIRouter:
                 "confidence": p.confidence,
                 "top": [score(s) for s in p.top],
                 "prediction_set": [score(s) for s in p.prediction_set],
+                "archive": None if p.archive is None else score(p.archive),
             }
             for paper, p in zip(body.papers, result.predictions, strict=True)  # type: ignore[attr-defined]
         ]

@@ -286,6 +286,12 @@
     $("verdict-name").textContent = r.name || r.label;
     $("verdict-code").textContent = r.label;
     $("verdict-pct").textContent = pct(r.confidence);
+    // A category model also answers the archive (its categories' summed probability).
+    var arch = r.archive && r.archive.label !== r.label ? r.archive : null;
+    $("verdict-archive").hidden = !arch;
+    $("verdict-archive").textContent = arch
+      ? "in " + (arch.name || arch.label) + " (" + arch.label + ", " + pct(arch.probability) + ")"
+      : "";
 
     var list = $("top-list");
     list.textContent = "";
