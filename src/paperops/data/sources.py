@@ -13,6 +13,7 @@ import glob
 import gzip
 import json
 import logging
+import os
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -167,6 +168,13 @@ def resolve_raw_paths(patterns: str | Path | list[str | Path]) -> list[Path]:
                     "file not found: fix or drop it in data.raw_paths", path=text,
                     rule="file_exists",
                 )  # fmt: skip
+        for p in found:
+            if not os.access(p, os.R_OK):
+                raise DataError(
+                    "file is not readable (permissions): fix them or drop it from data.raw_paths",
+                    path=p,
+                    rule="file_readable",
+                )
         out += [p for p in found if p not in out]
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,17 @@ def test_a_glob_reads_every_matching_file_and_a_missing_one_is_named(tmp_path: P
             prepare(PrepareConfig(raw_paths=bad, output_dir=tmp_path / "o2", min_count=4))
         assert info.value.rule == "file_exists" and str(bad[-1]) in str(info.value)
         assert not (tmp_path / "o2").exists()
+
+
+def test_an_unreadable_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = write_jsonl(tmp_path / "raw" / "locked.jsonl", block(0, 8, "cs.LG"))
+    raw.chmod(0)
+    if os.access(raw, os.R_OK):  # root reads any file: make access() answer as for a user
+        monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != raw)
+    with pytest.raises(DataError, match="not readable") as info:
+        prepare(PrepareConfig(raw_paths=[raw], output_dir=tmp_path / "o", min_count=4))
+    assert info.value.rule == "file_readable" and str(raw) in str(info.value)
+    assert not (tmp_path / "o").exists()
 
 
 def test_files_that_disagree_on_a_primary_are_an_error_or_dropped(tmp_path: Path) -> None:
