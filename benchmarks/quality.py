@@ -182,55 +182,73 @@ def _archive_rollup(m: dict[str, Any]) -> float | None:
     return hit / max(1, sum(map(sum, cm)))
 
 
-def run() -> dict[str, Any]:
-    raw = [p for p in os.environ.get("PAPEROPS_BENCH_RAW", "").split(",") if p] or [
-        str(p) for p in RAW
-    ]
-    cap = int(os.environ.get("PAPEROPS_BENCH_CAP", "8000"))
-    only_models = [m for m in os.environ.get("PAPEROPS_BENCH_MODELS", "").split(",") if m]
-    only_splits = [s for s in os.environ.get("PAPEROPS_BENCH_SPLITS", "").split(",") if s]
-    merge = os.environ.get("PAPEROPS_BENCH_MERGE") == "1" and (RESULTS / "quality.json").is_file()
-    previous = json.loads((RESULTS / "quality.json").read_text()) if merge else {}
-    work = Path(tempfile.mkdtemp(prefix="paperops-quality-"))
-    blocks: dict[str, Any] = dict(previous.get("splits", {}))
-    if "category" in previous:
-        blocks["category"] = previous["category"]
-    for split in DATASETS:
-        if only_splits and split not in only_splits:
-            continue
-        processed = _prepare(split, work, raw, cap)
-        meta = json.loads((processed / "labels.json").read_text())
-        kept = dict((blocks.get(split) or {}).get("models", {})) if merge else {}
-        block: dict[str, Any] = {
-            "baseline": baseline(processed),
-            "models": kept,
-            "n_classes": len(meta["labels"]),
-            "holdout_sources": meta.get("holdout_sources", []),
-        }
-        print(f"{split} baseline: {block['baseline']}", flush=True)
-        for name, overrides in MODELS.items():
-            if name in (only_models or DEFAULT_MODELS):
-                block["models"][name] = _model_block(name, processed, work / split, overrides)
-        block["test_size"] = block["baseline"]["test_size"]
-        blocks[split] = block
-    strat = blocks["stratified"]
-    best = max(strat["models"], key=lambda k: strat["models"][k]["macro_f1"])
-    result = {
+def _summary(blocks: dict[str, Any], raw: list[str], cap: int) -> dict[str, Any]:
+    """The results file: the blocks, plus the pre-issue-17 keys read off the stratified block."""
+    strat = blocks.get("stratified") or {"models": {}}
+    best = max(strat["models"], key=lambda k: strat["models"][k]["macro_f1"], default=None)
+    return {
         "label_level": "archive",
-        "test_size": strat["test_size"],
+        "test_size": strat.get("test_size"),
         "scale": f"cpu, cap {cap}",
         "measured": time.strftime("%Y-%m-%d"),
         "device": f"{os.cpu_count()} CPU cores",
         "raw_files": [Path(p).name for p in raw],
-        "baseline": strat["baseline"],
+        "baseline": strat.get("baseline"),
         "models": strat["models"],
         "best": best,
-        "conformal": {
+        "conformal": None
+        if best is None
+        else {
             k: strat["models"][best]["conformal"][k]
             for k in ("target", "coverage", "mean_set_size")
         },
         "splits": {k: blocks[k] for k in ("stratified", "source") if k in blocks},
         "category": blocks.get("category"),
     }
+
+
+def run() -> dict[str, Any]:
+    """Every block, saved after each model, so a stop loses at most the model it was training;
+    PAPEROPS_BENCH_MERGE=1 then resumes, skipping models already measured unless named in
+    PAPEROPS_BENCH_MODELS."""
+    raw = [p for p in os.environ.get("PAPEROPS_BENCH_RAW", "").split(",") if p] or [
+        str(p) for p in RAW
+    ]
+    cap = int(os.environ.get("PAPEROPS_BENCH_CAP", "8000"))
+    only_models = [m for m in os.environ.get("PAPEROPS_BENCH_MODELS", "").split(",") if m]
+    only_splits = [s for s in os.environ.get("PAPEROPS_BENCH_SPLITS", "").split(",") if s]
+    for asked, known in ((only_models, MODELS), (only_splits, DATASETS)):
+        if set(asked) - set(known):
+            raise SystemExit(
+                f"unknown {sorted(set(asked) - set(known))}; choose from {list(known)}"
+            )
+    merge = os.environ.get("PAPEROPS_BENCH_MERGE") == "1" and (RESULTS / "quality.json").is_file()
+    previous = json.loads((RESULTS / "quality.json").read_text()) if merge else {}
+    work = Path(tempfile.mkdtemp(prefix="paperops-quality-"))
+    blocks: dict[str, Any] = dict(previous.get("splits", {}))
+    if previous.get("category"):
+        blocks["category"] = previous["category"]
+    for split in DATASETS:
+        if only_splits and split not in only_splits:
+            continue
+        kept = dict((blocks.get(split) or {}).get("models", {})) if merge else {}
+        todo = [m for m in (only_models or DEFAULT_MODELS) if only_models or m not in kept]
+        if not todo:
+            continue
+        processed = _prepare(split, work, raw, cap)
+        meta = json.loads((processed / "labels.json").read_text())
+        block: dict[str, Any] = {
+            "baseline": baseline(processed),
+            "models": kept,
+            "n_classes": len(meta["labels"]),
+            "holdout_sources": meta.get("holdout_sources", []),
+        }
+        block["test_size"] = block["baseline"]["test_size"]
+        print(f"{split} baseline: {block['baseline']}", flush=True)
+        blocks[split] = block
+        for name in todo:
+            block["models"][name] = _model_block(name, processed, work / split, MODELS[name])
+            write_result("quality", _summary(blocks, raw, cap))
+    result = _summary(blocks, raw, cap)
     write_result("quality", result)
     return result
