@@ -643,11 +643,10 @@ def _notes(r: dict[str, Any]) -> list[str]:
     notes = [
         f"- tfidf bundle `{tf.get('bundle', '?')}`, "
         + (
-            "trained on exactly this data (same data hash): its clean row is the quality "
-            "section's tfidf model."
+            "trained on exactly this data (same data hash): the demo's model on the dev file, "
+            "not the quality section's (both files, capped per class)."
             if same
-            else "trained on other data than this split (data hash differs), so its clean row "
-            "may differ from the quality section's."
+            else "trained on other data than this split (data hash differs)."
         ),
     ]
     emb = r["models"].get("embedding")
