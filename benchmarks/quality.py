@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmarks.common import REPO, RESULTS, SHARED, write_result
 from benchmarks.quality_report import markdown
 
@@ -170,16 +172,14 @@ def _model_block(name: str, processed: Path, work: Path, overrides: list[str]) -
 def _archive_rollup(m: dict[str, Any]) -> float | None:
     """Archive accuracy of a category model from its confusion matrix (archive of the top
     category vs archive of the true one); None for an archive model."""
-    from paperops.data.taxonomy import archive_of
+    from paperops.inference.predictor import ArchiveRollup
 
-    labels = m["labels"]
-    if all(archive_of(lab) == lab for lab in labels):
+    rollup = ArchiveRollup.for_labels(m["labels"])
+    if rollup is None or rollup.archives == sorted(m["labels"]):
         return None
-    arch = [archive_of(lab) for lab in labels]
-    cm = m["confusion_matrix"]
-    k = range(len(labels))
-    hit = sum(cm[i][j] for i in k for j in k if arch[i] == arch[j])
-    return hit / max(1, sum(map(sum, cm)))
+    cm = np.asarray(m["confusion_matrix"])
+    same = rollup.index[:, None] == rollup.index[None, :]
+    return float(cm[same].sum() / max(1, cm.sum()))
 
 
 def _summary(blocks: dict[str, Any], raw: list[str], cap: int) -> dict[str, Any]:

@@ -287,7 +287,7 @@ def time_split_study(
     unseen by both: stratified-test papers inside the time split's newest-10% window.
     """
     from paperops.data.datamodule import stratified_cap
-    from paperops.data.prepare import time_split
+    from paperops.data.splits import time_split
     from paperops.data.text import model_text
     from paperops.models.tfidf import TfidfClassifier, TfidfConfig
 

@@ -1,4 +1,5 @@
-"""Atomic file and directory writes: a reader never sees a half-written output.
+"""Atomic file and directory writes (a reader never sees a half-written output), and file
+checksums.
 
 Temp siblings are named `.NAME.tmp-PID-XXXX` (and `.NAME.old-PID-XXXX` during a directory
 swap). A run killed with SIGKILL cannot remove its own; the next write of the same output
@@ -9,6 +10,7 @@ DDP peer rank or this process).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -103,3 +105,12 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks (data files are tens of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -15,7 +15,6 @@ the pandera rules on the final splits; a violation raises and writes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -36,7 +35,7 @@ from paperops.data.validate import (
     ValidationReport,
     write_report,
 )
-from paperops.io import atomic_dir, atomic_write_text
+from paperops.io import atomic_dir, atomic_write_text, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +130,6 @@ def _check_max_rows(max_rows: Mapping[str, Any] | None, where: str) -> dict[str,
             raise ValueError(f"{where}.{k} must be a positive integer or null, got {v!r}")
         out[k] = v
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +334,7 @@ def prepare_corpus(config: CorpusConfig, seed: int) -> CorpusResult:
         "counts": counts,
         "dropped": dict(sorted(dropped.items())),
         "stats": {n: _stats(d) for n, d in splits.items()},
-        "sources": {str(p): _sha256(p) for p in _source_files(config)},
+        "sources": {str(p): file_sha256(p) for p in _source_files(config)},
         "config": _config_dict(config),
     }
     with atomic_dir(config.output_dir) as tmp:

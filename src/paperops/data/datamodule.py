@@ -109,13 +109,3 @@ def data_hash(processed_dir: Path) -> str:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
     return h.hexdigest()
-
-
-def texts_hash(texts: Sequence[str]) -> str:
-    """sha256 of an ordered list of texts (the embedding cache key's data half)."""
-    h = hashlib.sha256()
-    for t in texts:
-        b = t.encode("utf-8")
-        h.update(len(b).to_bytes(8, "little"))
-        h.update(b)
-    return h.hexdigest()

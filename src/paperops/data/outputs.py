@@ -3,7 +3,6 @@ one atomic directory swap so a reader never sees half of a run."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -13,15 +12,7 @@ import pandas as pd
 from paperops.data import taxonomy
 from paperops.data.card import render_card
 from paperops.data.splits import SPLITS
-from paperops.io import atomic_dir
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from paperops.io import atomic_dir, file_sha256
 
 
 def write_prepared(

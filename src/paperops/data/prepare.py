@@ -35,8 +35,6 @@ from paperops.data.splits import (
 from paperops.data.text import clean_whitespace, dedupe_key
 from paperops.data.validate import schema_violations
 
-__all__ = ["PrepareConfig", "PrepareResult", "prepare", "stratified_split", "time_split"]
-
 log = logging.getLogger(__name__)
 
 

@@ -140,7 +140,7 @@ def evaluate_classifier(
             "alpha": cfg.alpha,
             "target": 1 - cfg.alpha,
             "coverage": coverage["coverage"],
-            "mean_set_size": float(sizes.mean()),
+            "mean_set_size": coverage["mean_set_size"],
             "mondrian": bool(calibration.conformal.mondrian),
             "per_class_coverage": dict(zip(labels, coverage["per_class_coverage"], strict=True)),
             "min_class_coverage": coverage["min_class_coverage"],

@@ -19,7 +19,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -364,8 +364,8 @@ def register_candidate(
     try:
         for key, value in version_tags.items():
             client.set_model_version_tag(name, version, key, value)
-        decision = _gate(client, name, version, score, metric, higher_is_better, champion)
-        decision = _same_task(decision, version_tags.get(LEVEL_TAG), champion)
+        level = version_tags.get(LEVEL_TAG)
+        decision = _gate(client, name, version, score, metric, higher_is_better, champion, level)
         client.update_model_version(name, version, description=decision.reason)
         if decision.promoted:
             client.set_registered_model_alias(name, CHAMPION, version)
@@ -386,23 +386,6 @@ def register_candidate(
     return decision
 
 
-def _same_task(decision: Decision, level: str | None, champion: Any | None) -> Decision:
-    """Never promote across label levels: an archive model's macro-F1 over ~20 archives and a
-    category model's over ~100 categories are not comparable, and a server asking for the
-    champion of one name must get the task it expects. Each level keeps its own registered
-    model (`experiment=category` registers as paperops-category-classifier)."""
-    theirs = None if champion is None else (champion.tags or {}).get(LEVEL_TAG)
-    if not decision.promoted or champion is None or level is None or theirs in (None, level):
-        return decision
-    reason = (
-        f"v{decision.version} is a {level}-level model but champion v{champion.version} of "
-        f"{decision.name} is {theirs}-level: not compared, champion stays "
-        f"v{champion.version}; register {level}-level models under their own name "
-        "(logger.registered_model=...)"
-    )
-    return replace(decision, promoted=False, reason=reason)
-
-
 def _gate(
     client: Any,
     name: str,
@@ -411,8 +394,22 @@ def _gate(
     metric: str,
     higher_is_better: bool,
     champion: Any | None,
+    level: str | None = None,
 ) -> Decision:
+    """Promote only a strictly better score on the same metric, and never across label levels:
+    an archive model's macro-F1 over ~16 archives and a category model's over ~60 categories are
+    not comparable, and a server asking for one name's champion must get the task it expects
+    (each level keeps its own registered model; `experiment=category` registers as
+    paperops-category-classifier)."""
     direction = "higher" if higher_is_better else "lower"
+    theirs = None if champion is None else (champion.tags or {}).get(LEVEL_TAG)
+    if champion is not None and level is not None and theirs not in (None, level):
+        reason = (
+            f"v{version} is a {level}-level model but champion v{champion.version} of {name} "
+            f"is {theirs}-level: not compared, champion stays v{champion.version}; register "
+            f"{level}-level models under their own name (logger.registered_model=...)"
+        )
+        return Decision(name, version, False, reason, score, None, str(champion.version), metric)
     if champion is None:
         return Decision(
             name,

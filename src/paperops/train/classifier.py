@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from paperops.data.datamodule import TextSplit, load_splits_for_model
+from paperops.data.datamodule import TextSplit, load_splits_for_model, read_labels
 from paperops.evaluate.config import EvalConfig
 from paperops.io import atomic_dir, atomic_write_text
 from paperops.models.base import CALIBRATION_FILE, TRAINING_FILE, Classifier, family_class
@@ -123,16 +123,6 @@ def _track_and_register(
     return d
 
 
-def _label_level(processed: Path) -> str:
-    """archive or category, from the prepared data; 'custom' for data prepared elsewhere."""
-    meta = processed / "labels.json"
-    return (
-        str(json.loads(meta.read_text()).get("label_level", "custom"))
-        if meta.is_file()
-        else "custom"
-    )
-
-
 def train_classifier(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainResult | None:
     """Train the classifier family `cfg.model.family` on `cfg.train.processed_dir`; None on DDP
     ranks other than 0."""
@@ -172,7 +162,7 @@ def train_classifier(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> 
         )
         info = {
             **run_info(cfg, run, processed, seed=int(cfg.seed)),
-            "label_level": _label_level(processed),
+            "label_level": str(read_labels(processed)[1].get("label_level", "custom")),
             "max_rows": max_rows,
             "rows": {k: len(v) for k, v in splits.items()},
             "val_metrics": val_metrics,

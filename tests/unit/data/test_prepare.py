@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from paperops.data.errors import DataError
-from paperops.data.prepare import PrepareConfig, PrepareResult, prepare, stratified_split
+from paperops.data.prepare import PrepareConfig, PrepareResult, prepare
+from paperops.data.splits import stratified_split
 from paperops.data.text import dedupe_key
 from paperops.data.validate import SPLITS
 from tests.conftest import DEFAULT_COUNTS, make_records, write_jsonl
