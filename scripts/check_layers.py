@@ -22,8 +22,8 @@ LAYERS: list[set[str]] = [
         "generation",
     },  # the CLI; legacy re-exports for pyfunc models logged before 0.3
     {"serve", "monitor"},
+    {"train"},  # builds the hybrid family's int8 encoder through export
     {"export"},
-    {"train"},
     {"evaluate"},
     {"tracking"},
     {"inference"},

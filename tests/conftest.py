@@ -485,6 +485,23 @@ def embedding_bundle(
     )
 
 
+
+@pytest.fixture(scope="session")
+def hybrid_bundle(
+    _prepared_once: Path, tiny_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A calibrated hybrid bundle (TF-IDF + the tiny encoder as int8 ONNX; read-only)."""
+    base = tmp_path_factory.mktemp("hybrid_bundle")
+    return _train_bundle(
+        base,
+        _prepared_once,
+        "hybrid",
+        "model.min_df=1",
+        f"model.encoder={tiny_encoder_dir}",
+        f"model.cache_dir={base}/cache",
+        f"model.graph_dir={base}/graphs",
+    )
+
 # The slowest modules first (measured with --durations): `make test` runs two xdist workers with
 # --dist loadscope, which hands out modules in collection order, and a 3-minute module that
 # starts last decides the wall time. A stable sort: every other test keeps its order.

@@ -98,9 +98,17 @@ def _logits_module(clf: Any) -> Any:
 
 def _export_onnx(clf: Any, path: Path, opset: int, exporter: str) -> None:
     """Write the logits graph with dynamic batch and sequence axes (one file, no external data)."""
+    module, encoder = _logits_module(clf)
+    export_text_graph(module, encoder, path, opset, exporter, OUTPUT_NAME)
+
+
+def export_text_graph(
+    module: Any, encoder: Any, path: Path, opset: int, exporter: str, output: str
+) -> None:
+    """`module(input_ids, attention_mask) -> output` as one ONNX file with dynamic batch and
+    sequence axes (no external data); `encoder` tokenizes the sample inputs."""
     import torch
 
-    module, encoder = _logits_module(clf)
     with contextlib.suppress(AttributeError, ValueError, ImportError):
         # plain matmul + softmax attention: ONNX Runtime fuses it better than the SDPA export
         encoder.model.set_attn_implementation("eager")
@@ -118,7 +126,7 @@ def _export_onnx(clf: Any, path: Path, opset: int, exporter: str) -> None:
                 str(path),
                 kwargs=inputs,
                 input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME],
+                output_names=[output],
                 dynamic_shapes={k: {0: batch, 1: seq} for k in INPUT_NAMES},
                 opset_version=opset,
                 dynamo=True,
@@ -130,10 +138,10 @@ def _export_onnx(clf: Any, path: Path, opset: int, exporter: str) -> None:
                 tuple(inputs[k] for k in INPUT_NAMES),
                 str(path),
                 input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME],
+                output_names=[output],
                 dynamic_axes={
                     **{k: {0: "batch", 1: "sequence"} for k in INPUT_NAMES},
-                    OUTPUT_NAME: {0: "batch"},
+                    output: {0: "batch"},
                 },
                 opset_version=opset,
                 dynamo=False,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from paperops.export.common import ExportConfig, QuantizeConfig, _quiet_logging
-from paperops.inference.onnx_session import session_options
+from paperops.models.onnx_session import session_options
 
 _ALPHA_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 

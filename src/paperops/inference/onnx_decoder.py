@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from paperops.inference.onnx_session import open_session
 from paperops.models.base import EXPORT_FILE, ModelLoadError, is_language_model
+from paperops.models.onnx_session import open_session
 
 LM_INPUTS = ("input_ids", "attention_mask", "position_ids")
 LOGITS = "logits"

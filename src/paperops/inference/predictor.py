@@ -31,6 +31,7 @@ from paperops.models.base import (
     CALIBRATION_FILE,
     EXPORT_FILE,
     NEURAL_FAMILIES,
+    SKLEARN_FAMILIES,
     ModelLoadError,
     load_calibration,
     load_classifier,
@@ -57,12 +58,12 @@ class Runtime(Protocol):
 
 
 class ClassifierRuntime:
-    """Any bundle loaded with `load_classifier`: `sklearn` for tfidf, `torch` for the others."""
+    """Any bundle loaded with `load_classifier`: `sklearn` for tfidf and hybrid, else `torch`."""
 
     def __init__(self, model: Any, threads: int | None = None) -> None:
         self.model = model
         self.labels = list(model.labels)
-        self.kind = "sklearn" if model.family == "tfidf" else "torch"
+        self.kind = "sklearn" if model.family in SKLEARN_FAMILIES else "torch"
         if self.kind == "torch" and threads:
             set_torch_threads(threads)
 
@@ -265,7 +266,7 @@ def load_predictor(
             meta_x = export_meta or {}
             has_int8 = bool(meta_x.get("int8")) and bool((meta_x.get("files") or {}).get("int8"))
             runtime = "onnx-int8" if has_int8 else "onnx"
-        elif exported_as == "sklearn" or family == "tfidf":
+        elif exported_as == "sklearn" or family in SKLEARN_FAMILIES:
             runtime = "sklearn"
         else:
             runtime = "torch"
@@ -287,8 +288,11 @@ def load_predictor(
 
         rt: Runtime = OnnxRuntime.load(model_dir, int8=runtime == "onnx-int8", threads=threads)
     else:
-        if runtime == "sklearn" and family != "tfidf":
-            raise ModelLoadError(f"runtime 'sklearn' serves tfidf bundles; {model_dir} is {family}")
+        if runtime == "sklearn" and family not in SKLEARN_FAMILIES:
+            raise ModelLoadError(
+                f"runtime 'sklearn' serves {' and '.join(SKLEARN_FAMILIES)} bundles; "
+                f"{model_dir} is {family}"
+            )
         if exported_as == "onnx":
             src = (export_meta or {}).get("source", {}).get("bundle", "the source bundle")
             raise ModelLoadError(

@@ -27,8 +27,12 @@ META_FILE = "model.json"
 CALIBRATION_FILE = "calibration.json"
 TRAINING_FILE = "training.json"
 EXPORT_FILE = "export.json"  # marks an export directory (`paperops export`)
-# families whose export is an ONNX graph (encoder + head); tfidf exports stay scikit-learn
+# families whose export is an ONNX graph (encoder + head); tfidf and hybrid exports stay
+# scikit-learn (hybrid's bundle already holds its int8 encoder graph)
 NEURAL_FAMILIES = ("embedding", "finetune")
+# scikit-learn families: fitted as `fit(texts, labels)` in one call (no Lightning trainer),
+# served by runtime "sklearn" (hybrid runs its bundled int8 encoder with ONNX Runtime)
+SKLEARN_FAMILIES = ("tfidf", "hybrid")
 
 CLASSIFIER = "classifier"
 LANGUAGE_MODEL = "lm"
@@ -38,6 +42,7 @@ FAMILIES = {
     "tfidf": "paperops.models.tfidf:TfidfClassifier",
     "embedding": "paperops.models.embedding:EmbeddingClassifier",
     "finetune": "paperops.models.finetune:FinetuneClassifier",
+    "hybrid": "paperops.models.hybrid:HybridClassifier",
     "lm": "paperops.models.lm:CausalLM",
 }
 # family -> task; every family not listed here is a classifier

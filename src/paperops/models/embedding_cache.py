@@ -24,8 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from paperops.models import encoder as encoder_module  # embed via the module: tests patch it
-
 log = logging.getLogger(__name__)
 
 KEY_BYTES = 16
@@ -106,14 +104,22 @@ class EmbeddingCache:
         *,
         progress: bool = True,
         wait_s: float = 0.0,
+        min_write: int = 0,
     ) -> np.ndarray:
         """(n, dim) float32 embeddings of `texts` in order, embedding only the missing ones.
 
         `wait_s` > 0 first waits up to that long for another process (DDP rank 0) to embed the
-        texts, instead of every rank embedding the same texts on the same cores.
+        texts, instead of every rank embedding the same texts on the same cores. Fewer than
+        `min_write` missing texts are embedded but not written (a request, not a batch job).
         """
-        from safetensors import safe_open
         from tqdm.auto import tqdm
+
+        embed_texts = getattr(encoder, "embed_texts", None)
+        if embed_texts is None:  # a torch Encoder: imported here, so the ONNX path needs no torch
+            from paperops.models import encoder as encoder_module  # via the module: tests patch it
+
+            def embed_texts(part: list[str], bs: int) -> np.ndarray:
+                return encoder_module.embed(encoder, part, bs, progress=False)
 
         keys = [text_key(t) for t in texts]
         index = self._load_index(encoder)
@@ -122,6 +128,14 @@ class EmbeddingCache:
             time.sleep(1.0)
             index = self._load_index(encoder)
         missing = sorted({k: i for i, k in enumerate(keys) if k not in index}.values())
+        if missing and len(missing) < min_write:
+            # request-sized: embed without writing, so serving never grows the cache
+            out = np.empty((len(texts), encoder.dim), dtype=np.float32)
+            known = [i for i, k in enumerate(keys) if k in index]
+            if known:
+                out[known] = self._read(index, [keys[i] for i in known], encoder.dim)
+            out[missing] = embed_texts([texts[i] for i in missing], batch_size)
+            return out
         if missing:
             self.misses += 1
             log.info(
@@ -132,9 +146,7 @@ class EmbeddingCache:
             with bar:
                 for start in range(0, len(missing), self.chunk):
                     part = missing[start : start + self.chunk]
-                    arr = encoder_module.embed(
-                        encoder, [texts[i] for i in part], batch_size, progress=False
-                    )
+                    arr = embed_texts([texts[i] for i in part], batch_size)
                     part_keys = [keys[i] for i in part]
                     shard = self._write_shard(
                         self.directory(encoder), part_keys, arr, encoder.fingerprint()
@@ -146,7 +158,14 @@ class EmbeddingCache:
         else:
             self.hits += 1
             log.info("embedding cache hit: %d texts (%s)", len(texts), self.directory(encoder))
-        out = np.empty((len(texts), encoder.dim), dtype=np.float32)
+        return self._read(index, keys, encoder.dim)
+
+    @staticmethod
+    def _read(index: dict[bytes, tuple[Path, int]], keys: list[bytes], dim: int) -> np.ndarray:
+        """The cached rows of `keys`, in order (each shard opened once)."""
+        from safetensors import safe_open
+
+        out = np.empty((len(keys), dim), dtype=np.float32)
         by_shard: dict[Path, list[tuple[int, int]]] = {}
         for i, k in enumerate(keys):
             shard, row = index[k]

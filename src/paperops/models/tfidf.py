@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import skops.io as sio
@@ -52,6 +53,71 @@ class TfidfConfig:
             )
 
 
+def build_vectorizer(c: TfidfConfig) -> TfidfVectorizer:
+    return TfidfVectorizer(
+        ngram_range=c.ngram_range,
+        sublinear_tf=c.sublinear_tf,
+        min_df=c.min_df,
+        max_features=c.max_features,
+        dtype=np.float32,
+    )
+
+
+def build_linear(
+    classifier: str, C: float, class_weight: str | None
+) -> LinearSVC | LogisticRegression:
+    if classifier == "linear_svc":
+        return LinearSVC(C=C, class_weight=class_weight)
+    return LogisticRegression(C=C, class_weight=class_weight, max_iter=2000)
+
+
+def plain_vocabulary(vec: TfidfVectorizer) -> None:
+    """numpy ints in the vocabulary make skops write one array file per term (hundreds of
+    thousands, quadratic in the zip's name list: minutes); plain ints are inline JSON."""
+    vec.vocabulary_ = {term: int(i) for term, i in vec.vocabulary_.items()}
+
+
+def dump_skops(obj: object, path: Path, vec: TfidfVectorizer) -> None:
+    """`obj` (which holds `vec`) to `path` atomically, with `vec`'s vocabulary written beside
+    it as a plain JSON list (VOCAB_FILE): inside the skops schema every dict entry becomes a
+    verbose typed object (~150 MB for 235k terms)."""
+    vocab = vec.vocabulary_
+    terms = [""] * len(vocab)
+    for term, i in vocab.items():
+        terms[i] = term
+    tmp = path.with_name(f".{path.name}.tmp")
+    vec.vocabulary_ = {}
+    try:
+        sio.dump(obj, tmp, compression=zipfile.ZIP_DEFLATED, compresslevel=6)
+    finally:
+        vec.vocabulary_ = vocab
+    atomic_write_text(path.parent / VOCAB_FILE, json.dumps(terms, ensure_ascii=False))
+    tmp.replace(path)
+
+
+def load_skops(path: Path, vectorizer_of: Callable[[Any], TfidfVectorizer]) -> Any:
+    """The object in `path` (only types skops trusts by default), with the vocabulary of the
+    vectorizer `vectorizer_of(obj)` restored from VOCAB_FILE beside it."""
+    vocab_path = path.parent / VOCAB_FILE
+    if not vocab_path.is_file():
+        raise ModelLoadError(f"{vocab_path} not found: train a model first (paperops train)")
+    untrusted = sio.get_untrusted_types(file=path)
+    if untrusted:
+        raise ModelLoadError(
+            f"{path} contains types skops does not trust: {untrusted[:5]}; refusing to load it"
+        )
+    obj = sio.load(path, trusted=[])
+    terms = json.loads(vocab_path.read_text(encoding="utf-8"))
+    vec = vectorizer_of(obj)
+    if not isinstance(terms, list) or len(terms) != len(vec.idf_):
+        raise ModelLoadError(
+            f"{vocab_path} does not match {path} ({len(terms)} terms vs "
+            f"{len(vec.idf_)} idf weights); retrain or restore the bundle"
+        )
+    vec.vocabulary_ = {str(t): i for i, t in enumerate(terms)}
+    return obj
+
+
 @dataclass
 class TfidfClassifier:
     family = "tfidf"
@@ -61,19 +127,8 @@ class TfidfClassifier:
 
     def _build(self) -> Pipeline:
         c = self.config
-        clf = (
-            LinearSVC(C=c.C, class_weight=c.class_weight)
-            if c.classifier == "linear_svc"
-            else LogisticRegression(C=c.C, class_weight=c.class_weight, max_iter=2000)
-        )
-        vec = TfidfVectorizer(
-            ngram_range=c.ngram_range,
-            sublinear_tf=c.sublinear_tf,
-            min_df=c.min_df,
-            max_features=c.max_features,
-            dtype=np.float32,
-        )
-        return Pipeline([("tfidf", vec), ("clf", clf)])
+        clf = build_linear(c.classifier, c.C, c.class_weight)
+        return Pipeline([("tfidf", build_vectorizer(c)), ("clf", clf)])
 
     def fit(self, texts: Sequence[str], labels: Sequence[str]) -> TfidfClassifier:
         unknown = sorted(set(labels) - set(self.labels))
@@ -83,10 +138,7 @@ class TfidfClassifier:
         if len(np.unique(y)) < 2:
             raise ValueError("need at least two classes to train")
         self.pipeline = self._build().fit(list(texts), y)
-        # numpy ints in the vocabulary make skops write one array file per term (hundreds of
-        # thousands, quadratic in the zip's name list: minutes); plain ints are inline JSON.
-        vec = self.pipeline.named_steps["tfidf"]
-        vec.vocabulary_ = {term: int(i) for term, i in vec.vocabulary_.items()}
+        plain_vocabulary(self.pipeline.named_steps["tfidf"])
         return self
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
@@ -106,21 +158,7 @@ class TfidfClassifier:
         directory.mkdir(parents=True, exist_ok=True)
         if self.pipeline is None:
             raise RuntimeError("model is not trained: nothing to save")
-        # The vocabulary (hundreds of thousands of terms) goes to a plain JSON list: inside the
-        # skops schema every dict entry becomes a verbose typed object (~150 MB for 235k terms).
-        vec = self.pipeline.named_steps["tfidf"]
-        vocab = vec.vocabulary_
-        terms = [""] * len(vocab)
-        for term, i in vocab.items():
-            terms[i] = term
-        tmp = directory / f".{MODEL_FILE}.tmp"
-        vec.vocabulary_ = {}
-        try:
-            sio.dump(self.pipeline, tmp, compression=zipfile.ZIP_DEFLATED, compresslevel=6)
-        finally:
-            vec.vocabulary_ = vocab
-        atomic_write_text(directory / VOCAB_FILE, json.dumps(terms, ensure_ascii=False))
-        tmp.replace(directory / MODEL_FILE)
+        dump_skops(self.pipeline, directory / MODEL_FILE, self.pipeline.named_steps["tfidf"])
         meta = {"family": "tfidf", "labels": self.labels, "config": asdict(self.config)}
         atomic_write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
         return directory
@@ -135,21 +173,7 @@ class TfidfClassifier:
                 raise ModelLoadError(f"{p} not found: train a model first (paperops train)")
         try:
             meta = json.loads(meta_path.read_text())
-            untrusted = sio.get_untrusted_types(file=model_path)
-            if untrusted:
-                raise ModelLoadError(
-                    f"{model_path} contains types skops does not trust: "
-                    f"{untrusted[:5]}; refusing to load it"
-                )
-            pipeline = sio.load(model_path, trusted=[])
-            terms = json.loads(vocab_path.read_text(encoding="utf-8"))
-            vec = pipeline.named_steps["tfidf"]
-            if not isinstance(terms, list) or len(terms) != len(vec.idf_):
-                raise ModelLoadError(
-                    f"{vocab_path} does not match {model_path} ({len(terms)} terms vs "
-                    f"{len(vec.idf_)} idf weights); retrain or restore the bundle"
-                )
-            vec.vocabulary_ = {str(t): i for i, t in enumerate(terms)}
+            pipeline = load_skops(model_path, lambda p: p.named_steps["tfidf"])
         except ModelLoadError:
             raise
         except Exception as e:  # corrupt zip, truncated file, bad JSON

@@ -21,8 +21,15 @@ from omegaconf import DictConfig
 
 from paperops.data.datamodule import TextSplit, load_splits_for_model, read_labels
 from paperops.evaluate.config import EvalConfig
+from paperops.export.encoder import ensure_encoder_graph
 from paperops.io import atomic_dir, atomic_write_text
-from paperops.models.base import CALIBRATION_FILE, TRAINING_FILE, Classifier, family_class
+from paperops.models.base import (
+    CALIBRATION_FILE,
+    SKLEARN_FAMILIES,
+    TRAINING_FILE,
+    Classifier,
+    family_class,
+)
 from paperops.models.process import seed_everything
 from paperops.tracking import registry
 from paperops.tracking import runs as tracking
@@ -42,7 +49,11 @@ def build_classifier(model_cfg: Mapping[str, Any], labels: list[str]) -> Any:
         from paperops.models.tfidf import TfidfConfig
 
         return cls(labels=labels, config=TfidfConfig(**params))
-    config_cls = {"embedding": "EmbeddingConfig", "finetune": "FinetuneConfig"}[family]
+    config_cls = {
+        "embedding": "EmbeddingConfig",
+        "finetune": "FinetuneConfig",
+        "hybrid": "HybridConfig",
+    }[family]
     module = __import__(cls.__module__, fromlist=[config_cls])
     return cls(labels, getattr(module, config_cls).from_dict(params))
 
@@ -58,10 +69,20 @@ def fit_classifier(
 ) -> dict[str, Any]:
     """Fit in place; returns the family's fit summary (best epoch, seconds, ...)."""
     train, val = splits["train"], splits["val"]
-    if model.family == "tfidf":
+    summary: dict[str, Any] = {}
+    if getattr(model, "needs_encoder_graph", False):
+        t0 = time.perf_counter()
+        root = model.config.graph_dir or work_dir / "encoder_graphs"
+        step = max(1, len(train.texts) // 256)  # spread over the split, not its first rows
+        graph = ensure_encoder_graph(
+            model.config.encoder, model.config.max_seq_length, Path(root), train.texts[::step]
+        )
+        model.attach_encoder(graph)
+        summary["encoder_graph_seconds"] = time.perf_counter() - t0
+    if model.family in SKLEARN_FAMILIES:
         t0 = time.perf_counter()
         model.fit(train.texts, [model.labels[i] for i in train.y])
-        return {"train_seconds": time.perf_counter() - t0}
+        return summary | {"train_seconds": time.perf_counter() - t0}
     model.fit(
         train,
         val,

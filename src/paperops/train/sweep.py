@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from paperops.config import load_config
 from paperops.io import atomic_write_text
+from paperops.models.base import SKLEARN_FAMILIES
 from paperops.train import train
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,8 @@ def run_sweep(overrides: Sequence[str]) -> SweepResult:
         ]
         tcfg = load_config(trial_overrides)
         trial.set_user_attr("overrides", [f"{k}={_fmt(v)}" for k, v in chosen.items()])
-        callbacks = [] if tcfg.model.family == "tfidf" else [pruning_callback(trial, metric)]
+        no_trainer = tcfg.model.family in SKLEARN_FAMILIES
+        callbacks = [] if no_trainer else [pruning_callback(trial, metric)]
         result = train(tcfg, callbacks=callbacks)
         if result is None:  # a DDP rank other than 0
             raise optuna.TrialPruned("not rank 0")

@@ -1,0 +1,125 @@
+"""The hybrid family: TF-IDF + int8 ONNX encoder in one LinearSVC, trained by `paperops train`,
+saved self-contained (the graph travels in the bundle), served and exported without torch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from paperops.data.text import model_text
+from paperops.export.common import ExportError
+from paperops.models.base import ModelLoadError, load_classifier
+from paperops.models.embedding_cache import EmbeddingCache
+from paperops.models.hybrid import ENCODER_DIR, HybridClassifier
+from paperops.models.onnx_text import ENCODER_META, OnnxEncoder
+
+
+def _split(prepared: Path, name: str) -> tuple[list[str], list[str]]:
+    df = pd.read_parquet(prepared / f"{name}.parquet")
+    return [model_text(t, a) for t, a in zip(df.title, df.abstract, strict=True)], list(df.label)
+
+
+def test_trained_bundle_is_self_contained_and_accurate(
+    hybrid_bundle: Path, _prepared_once: Path
+) -> None:
+    meta = json.loads((hybrid_bundle / "model.json").read_text())
+    assert meta["family"] == "hybrid"
+    assert (hybrid_bundle / ENCODER_DIR / ENCODER_META).is_file()
+    model = load_classifier(hybrid_bundle)
+    assert isinstance(model, HybridClassifier)
+    texts, y = _split(_prepared_once, "test")
+    logits = model.logits(texts)
+    assert logits.shape == (len(texts), len(model.labels))
+    pred = [model.labels[i] for i in logits.argmax(1)]
+    assert np.mean(np.array(pred) == np.array(y)) >= 0.9
+    # the embedding block is in the features: dropping it changes the scores
+    words = model.vectorizer.transform(texts)
+    n_words = words.shape[1]
+    assert model.clf.coef_.shape[1] == n_words + model.encoder.dim
+    assert np.abs(model.clf.coef_[:, n_words:]).sum() > 0
+
+
+def test_serving_a_hybrid_bundle_never_loads_the_torch_encoder(hybrid_bundle: Path) -> None:
+    # (skops imports torch when it is installed, so `torch in sys.modules` says nothing here;
+    # the serving image has no torch, and the PyTorch encoder needs transformers)
+    code = (
+        "import sys; from paperops.inference.predictor import load_predictor\n"
+        f"p = load_predictor({str(hybrid_bundle)!r})\n"
+        "out = p.predict_texts(['a paper about graphs and groups'])\n"
+        "assert p.info.runtime == 'sklearn', p.info.runtime\n"
+        "bad = {'transformers', 'paperops.models.encoder'} & set(sys.modules)\n"
+        "print(out[0].label, sorted(bad))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip().endswith("[]"), out.stdout + out.stderr
+
+
+def test_tampered_encoder_graph_is_refused(hybrid_bundle: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(hybrid_bundle, tmp_path / "b"))
+    graph = (
+        copy / ENCODER_DIR / json.loads((copy / ENCODER_DIR / ENCODER_META).read_text())["graph"]
+    )
+    graph.write_bytes(graph.read_bytes()[:-100])
+    with pytest.raises(ModelLoadError, match="does not match the sha256"):
+        load_classifier(copy)
+    shutil.rmtree(copy / ENCODER_DIR)
+    with pytest.raises(ModelLoadError, match="encoder.json not found"):
+        load_classifier(copy)
+
+
+def test_export_copies_the_bundle_and_passes_parity(hybrid_bundle: Path, tmp_path: Path) -> None:
+    from paperops.export.classifier import export_bundle
+    from paperops.inference.predictor import load_predictor
+
+    result = export_bundle(hybrid_bundle, tmp_path / "export", texts=["graphs", "groups", "stars"])
+    assert result.runtime == "sklearn"
+    assert result.parity["sklearn"]["passed"]
+    assert (tmp_path / "export" / ENCODER_DIR / ENCODER_META).is_file()
+    pred = load_predictor(tmp_path / "export").predict_texts(["galaxies and stars"])
+    ref = load_predictor(hybrid_bundle).predict_texts(["galaxies and stars"])
+    assert pred[0].label == ref[0].label
+    assert pred[0].confidence == pytest.approx(ref[0].confidence)
+
+
+def test_encoder_graph_is_built_once_and_checked(
+    tiny_encoder_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from paperops.export import encoder as export_encoder
+
+    texts = [f"paper {i} on graphs, groups and stars" for i in range(20)]
+    first = export_encoder.ensure_encoder_graph(str(tiny_encoder_dir), 64, tmp_path, texts)
+    meta = json.loads((first / ENCODER_META).read_text())
+    assert meta["agreement"]["mean_cosine"] >= export_encoder.MIN_MEAN_COSINE
+    stamp = (first / ENCODER_META).stat().st_mtime_ns
+    again = export_encoder.ensure_encoder_graph(str(tiny_encoder_dir), 64, tmp_path, texts[:8])
+    assert again == first and (first / ENCODER_META).stat().st_mtime_ns == stamp
+    # another max_seq_length is another graph; a disagreeing graph is never kept
+    monkeypatch.setattr(export_encoder, "MIN_MEAN_COSINE", 1.01)
+    with pytest.raises(ExportError, match="disagrees with PyTorch"):
+        export_encoder.ensure_encoder_graph(str(tiny_encoder_dir), 32, tmp_path, texts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]
+    with pytest.raises(ExportError, match="at least 8 calibration texts"):
+        export_encoder.ensure_encoder_graph(str(tiny_encoder_dir), 32, tmp_path, texts[:3])
+
+
+def test_request_sized_calls_do_not_grow_the_cache(hybrid_bundle: Path, tmp_path: Path) -> None:
+    enc = OnnxEncoder(hybrid_bundle / ENCODER_DIR)
+    cache = EmbeddingCache(tmp_path)
+    few = cache.get_or_compute(enc, ["one paper", "another paper"], min_write=256)
+    assert cache.shards(enc) == []
+    assert np.allclose(few, enc.embed_texts(["one paper", "another paper"]), atol=1e-6)
+    many = [f"paper number {i}" for i in range(300)]
+    cache.get_or_compute(enc, many, progress=False, min_write=256)
+    assert len(cache.shards(enc)) == 1
+    again = cache.get_or_compute(enc, [many[5], "new text"], min_write=256)
+    assert np.allclose(again[0], enc.embed_texts([many[5]])[0], atol=1e-6)
+    assert len(cache.shards(enc)) == 1
