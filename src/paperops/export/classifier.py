@@ -31,12 +31,10 @@ export.json with runtime "sklearn", so serving loads every export the same way.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +57,7 @@ from paperops.export.common import (
     bundle_fingerprint,
     probe_texts,
 )
+from paperops.export.graph import export_text_graph, merge_head, save_tokenizer
 from paperops.export.quantize import _quantize
 from paperops.inference.onnx_classifier import INPUT_NAMES, OUTPUT_NAME, OnnxRuntime
 from paperops.io import atomic_dir, atomic_write_text
@@ -102,75 +101,41 @@ def _export_onnx(clf: Any, path: Path, opset: int, exporter: str) -> None:
     export_text_graph(module, encoder, path, opset, exporter, OUTPUT_NAME)
 
 
-def export_text_graph(
-    module: Any, encoder: Any, path: Path, opset: int, exporter: str, output: str
-) -> None:
-    """`module(input_ids, attention_mask) -> output` as one ONNX file with dynamic batch and
-    sequence axes (no external data); `encoder` tokenizes the sample inputs."""
-    import torch
-
-    with contextlib.suppress(AttributeError, ValueError, ImportError):
-        # plain matmul + softmax attention: ONNX Runtime fuses it better than the SDPA export
-        encoder.model.set_attn_implementation("eager")
-    sample = encoder.tokenize(["a short text", "a somewhat longer text to give the batch padding"])
-    inputs = {k: sample[k] for k in INPUT_NAMES}
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer / deprecation chatter; parity is the check
-        if exporter == "dynamo":
-            from torch.export import Dim
-
-            batch, seq = Dim("batch"), Dim("sequence")
-            torch.onnx.export(
-                module,
-                (),
-                str(path),
-                kwargs=inputs,
-                input_names=list(INPUT_NAMES),
-                output_names=[output],
-                dynamic_shapes={k: {0: batch, 1: seq} for k in INPUT_NAMES},
-                opset_version=opset,
-                dynamo=True,
-                external_data=False,
-            )
-        else:
-            torch.onnx.export(
-                module,
-                tuple(inputs[k] for k in INPUT_NAMES),
-                str(path),
-                input_names=list(INPUT_NAMES),
-                output_names=[output],
-                dynamic_axes={
-                    **{k: {0: "batch", 1: "sequence"} for k in INPUT_NAMES},
-                    output: {0: "batch"},
-                },
-                opset_version=opset,
-                dynamo=False,
-            )
-
-
-def _save_tokenizer(encoder: Any, directory: Path) -> dict[str, Any]:
-    """The tokenizer's files + what `OnnxRuntime` needs to reproduce `Encoder.tokenize`."""
-    tok = encoder.tokenizer
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is None:
+def _torch_graph(clf: Any, family: str, tmp: Path, cfg: ExportConfig, bundle: Path) -> dict:
+    """The whole model (encoder + head) from PyTorch; returns the tokenizer settings."""
+    try:
+        _export_onnx(clf, tmp / MODEL_FILE, cfg.opset, cfg.exporter)
+    except Exception as e:
         raise ExportError(
-            f"the encoder's tokenizer ({type(tok).__name__}) is not a fast tokenizer: serving "
-            "needs its tokenizer.json; use an encoder that ships one"
-        )
-    directory.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(str(directory))
-    # the backend exactly as transformers runs it (normalizer, pre-tokenizer, post-processor)
-    backend.save(str(directory / "tokenizer.json"))
-    if tok.pad_token_id is None:
-        raise ExportError("the encoder's tokenizer has no pad token; cannot batch texts")
-    return {
-        "max_seq_length": int(encoder.max_seq_length),
-        "do_lower_case": bool(encoder.do_lower_case),
-        "pad_id": int(tok.pad_token_id),
-        "pad_token": str(tok.pad_token),
-        "truncation_side": str(getattr(tok, "truncation_side", "right")),
-        "padding_side": str(getattr(tok, "padding_side", "right")),
-    }
+            f"torch.onnx ({cfg.exporter}) could not export {bundle}: "
+            f"{type(e).__name__}: {e}; try export.exporter="
+            f"{'dynamo' if cfg.exporter == 'torchscript' else 'torchscript'}",
+            stage="fp32",
+        ) from e
+    encoder = clf.encoder if family == "embedding" else clf.module.encoder
+    return save_tokenizer(encoder, tmp / TOKENIZER_DIR)
+
+
+def _over_encoder_graph(clf: Any, graph: Any, tmp: Path, opset: int) -> dict[str, Any]:
+    """The bundle's own int8 encoder graph + its head as one graph (parity is then exact)."""
+    merge_head(
+        graph.directory / graph.meta["graph"],
+        clf.head,
+        graph.dim,
+        tmp / MODEL_FILE,
+        opset,
+        OUTPUT_NAME,
+    )
+    shutil.copytree(graph.directory / TOKENIZER_DIR, tmp / TOKENIZER_DIR)
+    keys = (
+        "max_seq_length",
+        "do_lower_case",
+        "pad_id",
+        "pad_token",
+        "truncation_side",
+        "padding_side",
+    )
+    return {k: graph.meta[k] for k in keys if k in graph.meta}
 
 
 def _probabilities(logits: np.ndarray, calibration: Any | None) -> np.ndarray:
@@ -318,17 +283,13 @@ def export_bundle(
                 timings["torch_reference"] = time.perf_counter() - t
                 ref = _probabilities(ref_logits, calibration)
                 t = time.perf_counter()
-                try:
-                    _export_onnx(clf, tmp / MODEL_FILE, cfg.opset, cfg.exporter)
-                except Exception as e:
-                    raise ExportError(
-                        f"torch.onnx ({cfg.exporter}) could not export {bundle_dir}: "
-                        f"{type(e).__name__}: {e}; try export.exporter="
-                        f"{'dynamo' if cfg.exporter == 'torchscript' else 'torchscript'}",
-                        stage="fp32",
-                    ) from e
-                encoder = clf.encoder if family == "embedding" else clf.module.encoder
-                tok_info = _save_tokenizer(encoder, tmp / TOKENIZER_DIR)
+                graph = getattr(clf, "onnx_encoder", None)
+                if graph is not None:  # head trained on int8 embeddings: export over that graph
+                    tok_info = _over_encoder_graph(clf, graph, tmp, cfg.opset)
+                    do_int8 = False  # the encoder is int8 already; the head stays fp32
+                    export_meta["encoder_int8"] = graph.meta.get("quantization")
+                else:
+                    tok_info = _torch_graph(clf, family, tmp, cfg, bundle_dir)
                 timings["onnx_export"] = time.perf_counter() - t
             del clf
             files = {

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from paperops.export.classifier import _save_tokenizer, export_text_graph
 from paperops.export.common import ExportConfig, ExportError
+from paperops.export.graph import export_text_graph, save_tokenizer
 from paperops.export.quantize import _quantize
 from paperops.io import atomic_dir, atomic_write_text
 from paperops.models.encoder import embed, load_encoder
@@ -94,7 +94,7 @@ def ensure_encoder_graph(
                 f"torch.onnx could not export the encoder {spec}: {type(e).__name__}: {e}",
                 stage="fp32",
             ) from e
-        tok = _save_tokenizer(encoder, tmp / TOKENIZER_DIR)
+        tok = save_tokenizer(encoder, tmp / TOKENIZER_DIR)
         tokenizer, pad_id, lower = load_tokenizer(tmp / TOKENIZER_DIR / "tokenizer.json", tok, "")
         fp32 = OnnxTextGraph(
             open_session(tmp / FP32_FILE, threads, "re-run"),

@@ -45,12 +45,19 @@ from paperops.models.lightning import (
     read_safetensors,
     write_safetensors,
 )
+from paperops.models.onnx_text import (
+    ENCODER_DIR,
+    OnnxEncoder,
+    copy_encoder_graph,
+    load_encoder_graph,
+)
 from paperops.models.process import seed_everything
 
 log = logging.getLogger(__name__)
 
 HEAD_FILE = "head.safetensors"
 HEADS = ("linear", "mlp")
+BACKENDS = ("torch", "onnx-int8")
 __all__ = ["HEAD_FILE", "EmbeddingClassifier", "EmbeddingConfig", "build_head"]
 
 
@@ -69,6 +76,10 @@ class EmbeddingConfig:
     max_seq_length: int = 256
     embed_batch_size: int = 64
     cache_dir: str | None = None  # None: <work_dir>/embedding_cache during fit, none after load
+    # torch: the encoder in PyTorch fp32 (~52 abstracts/s on 2 cores); onnx-int8: its int8 ONNX
+    # graph (~3x faster, built by `paperops train` under graph_dir and kept in the bundle)
+    embed_backend: str = "torch"
+    graph_dir: str | None = None
     head: str = "mlp"  # linear | mlp
     hidden_dim: int = 512
     dropout: float = 0.1
@@ -82,6 +93,10 @@ class EmbeddingConfig:
         self.encoder = str(self.encoder)
         if self.cache_dir is not None:
             self.cache_dir = str(self.cache_dir)
+        if self.embed_backend not in BACKENDS:
+            raise ValueError(f"embed_backend must be one of {BACKENDS}, got {self.embed_backend!r}")
+        if self.graph_dir is not None:
+            self.graph_dir = str(self.graph_dir)
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.class_weight not in (None, "balanced"):
@@ -163,9 +178,32 @@ class EmbeddingClassifier:
             config = EmbeddingConfig.from_dict(config)
         self.config = config
         self.encoder: Encoder | None = None
+        self.onnx_encoder: OnnxEncoder | None = None  # embed_backend onnx-int8
         self.head: nn.Module | None = None
         self.cache_dir: Path | None = Path(config.cache_dir) if config.cache_dir else None
         self.fit_summary: dict[str, Any] = {}
+
+    @property
+    def needs_encoder_graph(self) -> bool:
+        """`paperops train` builds the int8 graph first, then calls attach_encoder()."""
+        return self.config.embed_backend == "onnx-int8"
+
+    def attach_encoder(self, graph_dir: Path) -> None:
+        self.onnx_encoder = OnnxEncoder(Path(graph_dir))
+
+    def _embedder(self) -> Any:
+        """What computes embeddings: the int8 graph, else the torch encoder."""
+        if self.onnx_encoder is not None:
+            return self.onnx_encoder
+        if self.needs_encoder_graph:
+            raise RuntimeError("embed_backend is onnx-int8 but no graph: attach_encoder(dir)")
+        if self.encoder is None:
+            raise RuntimeError("model is not trained: call fit() or load()")
+        return self.encoder
+
+    @property
+    def dim(self) -> int:
+        return int(self._embedder().dim)
 
     # ---- training ----
 
@@ -192,22 +230,24 @@ class EmbeddingClassifier:
         configure_threads(trainer_cfg)
         if self.cache_dir is None:
             self.cache_dir = work_dir / "embedding_cache"
-        self.encoder = load_encoder(c.encoder, c.max_seq_length)
-        self.encoder.to(compute_device(trainer_cfg))
+        if not self.needs_encoder_graph:
+            self.encoder = load_encoder(c.encoder, c.max_seq_length)
+            self.encoder.to(compute_device(trainer_cfg))
+        embedder = self._embedder()
         cache = EmbeddingCache(self.cache_dir)
         start = time.perf_counter()
         progress = bool(trainer_cfg.get("enable_progress_bar", True))
         wait = peer_wait_seconds()
         x_train = cache.get_or_compute(
-            self.encoder, train.texts, c.embed_batch_size, progress=progress, wait_s=wait
+            embedder, train.texts, c.embed_batch_size, progress=progress, wait_s=wait
         )
         x_val = cache.get_or_compute(
-            self.encoder, val.texts, c.embed_batch_size, progress=progress, wait_s=wait
+            embedder, val.texts, c.embed_batch_size, progress=progress, wait_s=wait
         )
         embed_seconds = time.perf_counter() - start
 
         seed_everything(seed)  # the head's init must not depend on whether the cache was hit
-        head = build_head(c.head, self.encoder.dim, k, c.hidden_dim, c.dropout)
+        head = build_head(c.head, embedder.dim, k, c.hidden_dim, c.dropout)
         module = HeadModule(
             head,
             k,
@@ -246,14 +286,15 @@ class EmbeddingClassifier:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) embeddings: through the cache when this instance has a cache_dir (and the
         batch has at least `cache_min_texts` texts)."""
-        if self.encoder is None:
-            raise RuntimeError("model is not trained: call fit() or load()")
+        embedder = self._embedder()
         cache = self._cache()
         progress = len(texts) >= 1000
         if cache is not None and len(texts) >= self.cache_min_texts:
             return cache.get_or_compute(
-                self.encoder, texts, self.config.embed_batch_size, progress=progress
+                embedder, texts, self.config.embed_batch_size, progress=progress
             )
+        if self.onnx_encoder is not None:
+            return self.onnx_encoder.embed_texts(texts)
         return embed(self.encoder, texts, self.config.embed_batch_size, progress=progress)
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
@@ -272,16 +313,20 @@ class EmbeddingClassifier:
 
     def save(self, directory: Path) -> Path:
         """head.safetensors + model.json (labels, config, encoder identity, fit summary)."""
-        if self.head is None or self.encoder is None:
+        if self.head is None or (self.encoder is None and self.onnx_encoder is None):
             raise RuntimeError("model is not trained: nothing to save")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         write_safetensors(directory / HEAD_FILE, self.head.state_dict())
+        if self.onnx_encoder is not None:
+            identity = copy_encoder_graph(self.onnx_encoder, directory / ENCODER_DIR)
+        else:
+            identity = encoder_identity(self.config.encoder, self._embedder())
         meta = {
             "family": self.family,
             "labels": self.labels,
             "config": asdict(self.config),
-            "encoder": encoder_identity(self.config.encoder, self.encoder),
+            "encoder": identity,
             "fit_summary": self.fit_summary,
         }
         atomic_write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
@@ -309,12 +354,16 @@ class EmbeddingClassifier:
             raise ModelLoadError(f"{meta_path}: bad config ({e}); retrain or restore it") from e
         state = read_safetensors(head_path)
         labels = list(meta["labels"])
-        encoder = load_bundle_encoder(meta_path, meta["encoder"], config.max_seq_length)
-        head = build_head(config.head, encoder.dim, len(labels), config.hidden_dim, config.dropout)
-        check_head_shapes(head_path, head, state, len(labels), encoder.dim)
-        head.load_state_dict(state)
         clf = cls(labels, config)
-        clf.encoder, clf.head = encoder, head.eval()
+        if config.embed_backend == "onnx-int8":
+            clf.onnx_encoder = load_encoder_graph(directory / ENCODER_DIR, meta["encoder"])
+        else:
+            clf.encoder = load_bundle_encoder(meta_path, meta["encoder"], config.max_seq_length)
+        dim = clf.dim
+        head = build_head(config.head, dim, len(labels), config.hidden_dim, config.dropout)
+        check_head_shapes(head_path, head, state, len(labels), dim)
+        head.load_state_dict(state)
+        clf.head = head.eval()
         clf.cache_dir = Path(cache_dir) if cache_dir is not None else None
         clf.fit_summary = dict(meta.get("fit_summary") or {})
         return clf

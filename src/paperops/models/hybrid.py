@@ -15,7 +15,6 @@ tfidf) + `encoder/` (graph, tokenizer, encoder.json with the graph's sha256) + `
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +26,12 @@ from scipy import sparse
 from paperops.io import atomic_write_text
 from paperops.models.base import META_FILE, ModelLoadError, check_label_map
 from paperops.models.embedding_cache import EmbeddingCache
-from paperops.models.onnx_text import OnnxEncoder
+from paperops.models.onnx_text import (
+    ENCODER_DIR,
+    OnnxEncoder,
+    copy_encoder_graph,
+    load_encoder_graph,
+)
 from paperops.models.tfidf import (
     MODEL_FILE,
     TfidfConfig,
@@ -38,7 +42,6 @@ from paperops.models.tfidf import (
     plain_vocabulary,
 )
 
-ENCODER_DIR = "encoder"
 # below this many uncached texts a call embeds without writing to the cache: requests never
 # grow it, batch jobs (fit, evaluate) fill it
 MIN_CACHE_WRITE = 256
@@ -142,14 +145,11 @@ class HybridClassifier:
         dump_skops(
             {"tfidf": self.vectorizer, "clf": self.clf}, directory / MODEL_FILE, self.vectorizer
         )
-        if (directory / ENCODER_DIR).resolve() != self.encoder.directory.resolve():
-            shutil.rmtree(directory / ENCODER_DIR, ignore_errors=True)
-            shutil.copytree(self.encoder.directory, directory / ENCODER_DIR)
         meta = {
             "family": self.family,
             "labels": self.labels,
             "config": asdict(self.config),
-            "encoder": {"dir": ENCODER_DIR, "fingerprint": self.encoder.fingerprint()},
+            "encoder": copy_encoder_graph(self.encoder, directory / ENCODER_DIR),
         }
         atomic_write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
         return directory
@@ -178,13 +178,7 @@ class HybridClassifier:
         check_label_map(meta_path, meta["labels"], expected_labels)
         model = cls(meta["labels"], config)
         model.vectorizer, model.clf = parts["tfidf"], parts["clf"]
-        model.attach_encoder(directory / ENCODER_DIR)
-        want = (meta.get("encoder") or {}).get("fingerprint")
-        if model.encoder is not None and want != model.encoder.fingerprint():
-            raise ModelLoadError(
-                f"{directory / ENCODER_DIR} is not the encoder graph this model was trained on "
-                f"(fingerprint {model.encoder.fingerprint()[:20]} vs {str(want)[:20]}); restore it"
-            )
+        model.encoder = load_encoder_graph(directory / ENCODER_DIR, meta.get("encoder") or {})
         if len(model.clf.classes_) > len(model.labels):
             raise ModelLoadError(
                 f"{model_path} has {len(model.clf.classes_)} classes but its label map "

@@ -13,6 +13,7 @@ attention and matmul work); results are put back in input order.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,7 @@ class OnnxTextGraph:
 
 ENCODER_META = "encoder.json"  # what `export.encoder` built: spec, fingerprints, dim, tokenizer
 ENCODER_OUTPUT = "embedding"
+ENCODER_DIR = "encoder"  # the int8 graph's place inside a bundle that embeds with it
 
 
 class OnnxEncoder:
@@ -178,3 +180,28 @@ class OnnxEncoder:
         length-sorted sub-batches of 8, the fastest on 2 cores)."""
         del batch_size
         return self.graph.run(texts, self.dim).astype(np.float32)
+
+
+def copy_encoder_graph(graph: OnnxEncoder, target: Path) -> dict[str, Any]:
+    """Copy an int8 encoder graph into a bundle; returns what model.json records about it."""
+    if target.resolve() != graph.directory.resolve():
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(graph.directory, target)
+    return {
+        "backend": "onnx-int8",
+        "dir": target.name,
+        "spec": graph.meta.get("spec"),
+        "fingerprint": graph.fingerprint(),
+        "dim": graph.dim,
+    }
+
+
+def load_encoder_graph(directory: Path, identity: Mapping[str, Any]) -> OnnxEncoder:
+    """A bundle's int8 encoder graph, checked against the fingerprint model.json recorded."""
+    graph = OnnxEncoder(directory)
+    if identity.get("fingerprint") != graph.fingerprint():
+        raise ModelLoadError(
+            f"{directory} is not the encoder graph this model was trained on (fingerprint "
+            f"{graph.fingerprint()[:20]} vs {str(identity.get('fingerprint'))[:20]}); restore it"
+        )
+    return graph

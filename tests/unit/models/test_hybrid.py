@@ -17,8 +17,8 @@ from paperops.data.text import model_text
 from paperops.export.common import ExportError
 from paperops.models.base import ModelLoadError, load_classifier
 from paperops.models.embedding_cache import EmbeddingCache
-from paperops.models.hybrid import ENCODER_DIR, HybridClassifier
-from paperops.models.onnx_text import ENCODER_META, OnnxEncoder
+from paperops.models.hybrid import HybridClassifier
+from paperops.models.onnx_text import ENCODER_DIR, ENCODER_META, OnnxEncoder
 
 
 def _split(prepared: Path, name: str) -> tuple[list[str], list[str]]:
@@ -72,7 +72,7 @@ def test_tampered_encoder_graph_is_refused(hybrid_bundle: Path, tmp_path: Path) 
     with pytest.raises(ModelLoadError, match="does not match the sha256"):
         load_classifier(copy)
     shutil.rmtree(copy / ENCODER_DIR)
-    with pytest.raises(ModelLoadError, match="encoder.json not found"):
+    with pytest.raises(ModelLoadError, match=r"encoder\.json not found"):
         load_classifier(copy)
 
 
@@ -123,3 +123,45 @@ def test_request_sized_calls_do_not_grow_the_cache(hybrid_bundle: Path, tmp_path
     again = cache.get_or_compute(enc, [many[5], "new text"], min_write=256)
     assert np.allclose(again[0], enc.embed_texts([many[5]])[0], atol=1e-6)
     assert len(cache.shards(enc)) == 1
+
+
+def test_embedding_head_on_the_int8_graph_exports_over_that_graph(
+    _prepared_once: Path, tiny_encoder_dir: Path, tmp_path: Path
+) -> None:
+    """embed_backend=onnx-int8: the head trains on the int8 graph's embeddings, the bundle
+    keeps the graph, and the export is that graph + the head (parity exact, no re-quantizing)."""
+    from paperops.export.classifier import export_bundle
+    from paperops.inference.predictor import load_predictor
+    from tests.conftest import _train_bundle
+
+    bundle = _train_bundle(
+        tmp_path,
+        _prepared_once,
+        "embedding",
+        f"model.encoder={tiny_encoder_dir}",
+        "model.embed_backend=onnx-int8",
+        f"model.graph_dir={tmp_path}/graphs",
+        f"model.cache_dir={tmp_path}/cache",
+        "model.hidden_dim=64",
+        "model.lr=0.02",
+        "model.batch_size=16",
+        "trainer.accelerator=cpu",
+        "trainer.num_threads=1",
+        "trainer.max_epochs=20",
+        "trainer.patience=5",
+        "trainer.enable_progress_bar=false",
+    )
+    meta = json.loads((bundle / "model.json").read_text())
+    assert meta["encoder"]["backend"] == "onnx-int8"
+    assert (bundle / ENCODER_DIR / ENCODER_META).is_file()
+    texts, y = _split(_prepared_once, "test")
+    model = load_classifier(bundle)
+    assert model.encoder is None and model.onnx_encoder is not None  # no torch encoder loaded
+    pred = [model.labels[i] for i in model.logits(texts).argmax(1)]
+    assert np.mean(np.array(pred) == np.array(y)) >= 0.8
+    result = export_bundle(bundle, tmp_path / "export", texts=texts)
+    assert result.runtime == "onnx" and result.meta["encoder_int8"]
+    assert result.parity["fp32"]["max_abs_diff"] < 1e-4 and "int8" not in result.parity
+    served = load_predictor(tmp_path / "export").predict_texts(texts[:5])
+    direct = load_predictor(bundle).predict_texts(texts[:5])
+    assert [p.label for p in served] == [p.label for p in direct]
