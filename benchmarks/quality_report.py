@@ -113,7 +113,9 @@ def markdown(r: dict[str, Any]) -> str:
         "balanced) trained on exactly the rows our models train on. ECE is top-label, 15 bins, "
         "after temperature scaling fitted on the calibration split. Conformal: randomized APS at "
         "90%, marginal (one threshold) and Mondrian (one per class); 'worst class' is the "
-        "class the Mondrian sets cover least.",
+        "class the Mondrian sets cover least. `hybrid` = TF-IDF + MiniLM int8 embeddings in one "
+        "LinearSVC; `embedding` = MiniLM int8 embeddings + MLP head, trained on every training "
+        "paper.",
     ]
     blocks = {**r.get("splits", {}), **({"category": r["category"]} if r.get("category") else {})}
     for key, block in blocks.items():
@@ -130,6 +132,12 @@ def markdown(r: dict[str, Any]) -> str:
                         f"`{name}` rolled up to archives (archive of the top category): "
                         f"accuracy {m['archive_from_category']:.3f}."
                     )
+    if r.get("champion"):
+        lines += [
+            "",
+            f"Champion (best macro-F1 out of source): **{r['champion']}**."
+            + (f" Whole run: {r['wall_seconds'] / 60:.0f} min." if r.get("wall_seconds") else ""),
+        ]
     lines += ["", "| target (issue 17) | target | reached | met |", "|---|---|---|---|"]
     lines += [*goal_rows(r), ""]
     return "\n".join(lines)

@@ -60,6 +60,20 @@ def project(tmp_path: Path) -> Path:
                 )
                 + "\n"
             )
+    # the second file of the default raw_paths: 40 more papers and one the first file has
+    # (same id, same primary: de-duplicated across files)
+    augment = raw.with_name("arxiv-augment.jsonl.gz")
+    with gzip.open(augment, "wt") as f:
+        for i in [*range(400, 440), 0]:
+            cat = list(CLASSES)[i % 4]
+            row = {
+                "id": f"2101.{i:05d}",
+                "title": f"Paper {i} on {CLASSES[cat].split()[0]}",
+                "abstract": f"We study {CLASSES[cat]} in setting {i}, with result {i * 7}.",
+                "categories": cat,
+                "update_date": f"2021-02-{1 + i % 28:02d}",
+            }
+            f.write(json.dumps(row) + "\n")
     mqp = tmp_path / "shared" / "data" / "medical_questions_pairs" / "mqp.csv"
     mqp.parent.mkdir(parents=True)
     with mqp.open("w") as f:  # header-less, like the real file
@@ -98,6 +112,14 @@ def test_repro_runs_then_skips_then_reacts_to_params(project: Path) -> None:
     assert "Running stage 'prepare'" in first.stdout and "Running stage 'validate'" in first.stdout
     assert (project / "data" / "processed" / "train.parquet").is_file()
     assert json.loads((project / "reports/data/validation.json").read_text())["ok"] is True
+    labels = json.loads((project / "data" / "processed" / "labels.json").read_text())
+    assert [Path(f["path"]).name for f in labels["raw_files"]] == [
+        "arxiv-metadata.jsonl.gz",
+        "arxiv-augment.jsonl.gz",
+    ]
+    stats = json.loads((project / "data" / "processed" / "stats.json").read_text())
+    # 400 + 41 read, the one paper both files have kept once
+    assert (stats["rows_read"], stats["rows_out"]) == (441, 440)
 
     again = _run([sys.executable, "-m", "dvc", "repro", "validate"], project)
     assert "Running stage" not in again.stdout
@@ -130,16 +152,18 @@ def test_validation_failure_stops_the_pipeline(project: Path) -> None:
 
 
 def test_whole_pipeline_trains_evaluates_registers_then_skips(project: Path) -> None:
-    """prepare -> validate -> train/evaluate tfidf and the demo embedding head (real MiniLM)
-    -> export; the LM: corpus -> train -> evaluate -> ONNX export."""
+    """prepare (both raw files) -> validate -> train/evaluate tfidf, the hybrid and the demo
+    embedding head (real MiniLM as its int8 graph, built once, shared) -> export; the LM:
+    corpus -> train -> evaluate -> ONNX export."""
     first = _run([sys.executable, "-m", "dvc", "repro"], project, timeout=900)
     stages = (
-        *("train_tfidf", "evaluate_tfidf", "train_embedding", "evaluate_embedding"),
+        *("train_tfidf", "evaluate_tfidf", "train_hybrid", "evaluate_hybrid"),
+        *("train_embedding", "evaluate_embedding"),
         *("export_embedding", "prepare_corpus_mqp", "train_lm", "evaluate_lm", "export_lm"),
     )
     for stage in stages:
         assert f"Running stage '{stage}'" in first.stdout
-    for name in ("tfidf", "demo_embedding"):
+    for name in ("tfidf", "hybrid", "demo_embedding"):
         bundle = project / "models" / name
         assert (bundle / "model.json").is_file() and (bundle / "calibration.json").is_file()
         metrics = json.loads((project / "reports" / name / "metrics.json").read_text())

@@ -1,6 +1,7 @@
 """Training: one entry point, `train(cfg)`, for every task; it dispatches on the model's task.
 
-May import: evaluate, tracking, inference, models, uncertainty, data and the foundation modules.
+May import: export (the hybrid family's int8 encoder graph), evaluate, tracking, inference,
+models, uncertainty, data and the foundation modules.
 Classifier families train in `train.classifier`, the language model in `train.lm` and Optuna
 studies run in `train.sweep`; what they share (seeding, tracked runs, results) is `train.common`.
 """

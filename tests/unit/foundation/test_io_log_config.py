@@ -236,7 +236,10 @@ def test_load_config_overrides_compose(repo_configs: Path) -> None:
 def test_load_config_env_interpolation(repo_configs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PAPEROPS_SHARED", "/data/shared")
     cfg = load_config()
-    assert list(cfg.data.raw_paths) == ["/data/shared/data/arxiv/arxiv-metadata.jsonl.gz"]
+    assert list(cfg.data.raw_paths) == [
+        "/data/shared/data/arxiv/arxiv-metadata.jsonl.gz",
+        "/data/shared/data/arxiv/arxiv-augment.jsonl.gz",
+    ]
 
 
 @pytest.mark.parametrize(
