@@ -726,7 +726,14 @@ def test_serve_extra_covers_the_onnx_classifier_runtime() -> None:
     export imports must be there (a serve-only install failed with `No module named
     'tokenizers'` when it was not)."""
     provided = _requirement_names("base.txt", "serve.txt")
-    for name in ("inference/onnx_classifier.py", "models/onnx_session.py", "models/onnx_text.py"):
+    for name in (
+        "inference/onnx_classifier.py",
+        "models/onnx_session.py",
+        "models/onnx_text.py",
+        "models/hybrid.py",  # the out-of-source champion: sklearn + skops + its int8 graph
+        "models/tfidf.py",
+        "models/embedding_cache.py",
+    ):
         source = (REPO / "src" / "paperops" / name).read_text()
         missing = missing_distributions(source, provided)
         assert missing == [], f"{name}: add the pins to requirements/serve.txt"

@@ -18,9 +18,9 @@ from paperops.serve.launcher import run_server
 
 # what a serve-only install (pip install paperops[serve]) lacks for some models
 MISSING_EXTRA = (
-    "this model needs `pip install paperops[train]` (a tfidf bundle needs scikit-learn/skops, "
-    "the language model needs torch); a serve-only install serves ONNX classifier exports "
-    "(`paperops export`)"
+    "this model needs `pip install paperops[train]` (the language model and unexported neural "
+    "bundles need torch); a serve-only install serves tfidf and hybrid bundles and ONNX "
+    "classifier exports (`paperops export`)"
 )
 
 

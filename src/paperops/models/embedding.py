@@ -340,8 +340,9 @@ class EmbeddingClassifier:
         *,
         cache_dir: Path | None = None,
     ) -> EmbeddingClassifier:
-        """A bundle from `save`; `cache_dir` enables the embedding cache (off by default, so
-        serving does not write a file per request)."""
+        """A bundle from `save`. The embedding cache is `cache_dir`, else the one it was trained
+        with when that directory exists here; calls of fewer than `cache_min_texts` texts (a
+        request) never write to it, so serving does not grow it."""
         directory = Path(directory)
         meta_path, head_path = directory / META_FILE, directory / HEAD_FILE
         meta = read_bundle_meta(directory, cls.family)
@@ -364,7 +365,13 @@ class EmbeddingClassifier:
         check_head_shapes(head_path, head, state, len(labels), dim)
         head.load_state_dict(state)
         clf.head = head.eval()
-        clf.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        trained_cache = Path(config.cache_dir) if config.cache_dir else None
+        if cache_dir is not None:
+            clf.cache_dir = Path(cache_dir)
+        elif trained_cache is not None and trained_cache.is_dir():
+            clf.cache_dir = trained_cache
+        else:
+            clf.cache_dir = None
         clf.fit_summary = dict(meta.get("fit_summary") or {})
         return clf
 
