@@ -38,6 +38,7 @@ from paperops.models.tfidf import (
     build_linear,
     build_vectorizer,
     dump_skops,
+    label_indices,
     load_skops,
     plain_vocabulary,
 )
@@ -113,12 +114,7 @@ class HybridClassifier:
         return sparse.hstack([words, dense], format="csr")
 
     def fit(self, texts: Sequence[str], labels: Sequence[str]) -> HybridClassifier:
-        unknown = sorted(set(labels) - set(self.labels))
-        if unknown:
-            raise ValueError(f"labels not in the label map: {unknown[:5]}")
-        y = np.array([self.labels.index(lab) for lab in labels])
-        if len(np.unique(y)) < 2:
-            raise ValueError("need at least two classes to train")
+        y = label_indices(self.labels, labels)
         if self.config.cache_dir:
             Path(self.config.cache_dir).mkdir(parents=True, exist_ok=True)
         c = self.config

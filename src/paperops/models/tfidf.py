@@ -71,6 +71,18 @@ def build_linear(
     return LogisticRegression(C=C, class_weight=class_weight, max_iter=2000)
 
 
+def label_indices(label_map: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+    """Training labels as indices into `label_map`; at least two classes, none unknown."""
+    unknown = sorted(set(labels) - set(label_map))
+    if unknown:
+        raise ValueError(f"labels not in the label map: {unknown[:5]}")
+    index = {lab: i for i, lab in enumerate(label_map)}
+    y = np.array([index[lab] for lab in labels])
+    if len(np.unique(y)) < 2:
+        raise ValueError("need at least two classes to train")
+    return y
+
+
 def plain_vocabulary(vec: TfidfVectorizer) -> None:
     """numpy ints in the vocabulary make skops write one array file per term (hundreds of
     thousands, quadratic in the zip's name list: minutes); plain ints are inline JSON."""
@@ -131,12 +143,7 @@ class TfidfClassifier:
         return Pipeline([("tfidf", build_vectorizer(c)), ("clf", clf)])
 
     def fit(self, texts: Sequence[str], labels: Sequence[str]) -> TfidfClassifier:
-        unknown = sorted(set(labels) - set(self.labels))
-        if unknown:
-            raise ValueError(f"labels not in the label map: {unknown[:5]}")
-        y = np.array([self.labels.index(lab) for lab in labels])
-        if len(np.unique(y)) < 2:
-            raise ValueError("need at least two classes to train")
+        y = label_indices(self.labels, labels)
         self.pipeline = self._build().fit(list(texts), y)
         plain_vocabulary(self.pipeline.named_steps["tfidf"])
         return self

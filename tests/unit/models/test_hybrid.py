@@ -132,7 +132,7 @@ def test_embedding_head_on_the_int8_graph_exports_over_that_graph(
     keeps the graph, and the export is that graph + the head (parity exact, no re-quantizing)."""
     from paperops.export.classifier import export_bundle
     from paperops.inference.predictor import load_predictor
-    from tests.conftest import _train_bundle
+    from tests.conftest import TINY_HEAD, _train_bundle
 
     bundle = _train_bundle(
         tmp_path,
@@ -142,14 +142,7 @@ def test_embedding_head_on_the_int8_graph_exports_over_that_graph(
         "model.embed_backend=onnx-int8",
         f"model.graph_dir={tmp_path}/graphs",
         f"model.cache_dir={tmp_path}/cache",
-        "model.hidden_dim=64",
-        "model.lr=0.02",
-        "model.batch_size=16",
-        "trainer.accelerator=cpu",
-        "trainer.num_threads=1",
-        "trainer.max_epochs=20",
-        "trainer.patience=5",
-        "trainer.enable_progress_bar=false",
+        *TINY_HEAD,
     )
     meta = json.loads((bundle / "model.json").read_text())
     assert meta["encoder"]["backend"] == "onnx-int8"
