@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import quality as q
-from benchmarks.quality_report import goal_rows, markdown
+from benchmarks.quality_report import champion, goal_rows, markdown
 
 
 def test_baseline_trains_on_the_train_split_and_scores_the_test_split(_prepared_once: Path):
@@ -57,3 +57,20 @@ def test_goal_rows_judge_each_target() -> None:
     assert next(x for x in rows if "source: conformal" in x).endswith("yes |")
     page = markdown(r)
     assert "Held-out sources: `x/y`" in page and "| better |" in page
+
+
+def test_champion_is_best_out_of_source_macro_f1_without_losing_accuracy() -> None:
+    r = _result()
+    src = r["splits"]["source"]["models"]
+    src["hybrid"] = _model(0.81, 0.60)
+    src["embedding"] = _model(0.70, 0.61)  # higher macro-F1, but accuracy below the baseline's
+    assert champion(r) == "hybrid"
+    assert "**hybrid**" in markdown(r)
+    assert next(x for x in goal_rows(r) if "source: macro-F1" in x).startswith(
+        "| source: macro-F1 >= baseline + 0.10 | >= 0.600 | 0.600 (hybrid)"
+    )
+    src["hybrid"]["accuracy"] = 0.79  # only the tfidf keeps the baseline's accuracy
+    assert champion(r) == "tfidf"
+    src["tfidf"]["accuracy"] = 0.79  # nobody keeps it: the best macro-F1 anyway
+    assert champion(r) == "embedding"
+    assert champion({"splits": {}}) is None
