@@ -10,7 +10,8 @@ LinearSVC, balanced, trained on exactly the rows our models train on):
 - `category`: the fine level (cs.LG, math.AP, ...), fine labels only, classes with >= 50 papers.
 
 Every model is evaluated with marginal and with class-conditional (Mondrian) conformal sets.
-The champion is the best out-of-source macro-F1 whose accuracy is not below the baseline. Knobs (env):
+The champion is the best out-of-source macro-F1 whose accuracy is not below the baseline.
+Knobs (env):
 PAPEROPS_BENCH_MODELS=tfidf,logreg (a subset), PAPEROPS_BENCH_SPLITS=source (a subset),
 PAPEROPS_BENCH_MERGE=1 (keep the blocks and models of an earlier results file that this run
 skips), PAPEROPS_BENCH_CACHE=dir (encoder graph + embedding cache; default data/cache: a cold
