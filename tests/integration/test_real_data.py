@@ -38,7 +38,9 @@ RARE_ARCHIVES = {"hep-ex": 35, "q-fin": 28, "nucl-ex": 26, "hep-lat": 20, "econ"
 
 
 def _prepare(arxiv_path: Path, out: Path, *overrides: str) -> PrepareConfig:
-    d = load_config([f"data.raw_paths={arxiv_path}", f"data.output_dir={out}", *overrides]).data
+    # the dev file alone and uncapped: the counts below are the dev file's
+    args = [f"data.raw_paths={arxiv_path}", f"data.output_dir={out}", "data.max_per_class=null"]
+    d = load_config([*args, *overrides]).data
     cfg = PrepareConfig.from_config(d)
     prepare(cfg)
     return cfg

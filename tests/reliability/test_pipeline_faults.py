@@ -108,6 +108,7 @@ def _prepare_args(raw: Path, out: Path) -> list[str]:
         f"data.raw_paths='{raw}'",
         f"data.output_dir='{out}'",
         "data.min_count=4",
+        "data.max_per_class=null",
     ]
 
 
@@ -381,6 +382,8 @@ def test_killed_dvc_stage_is_not_recorded_and_reruns(project: Path) -> None:  # 
         json.dumps(r).encode() + b"\n"
         for r in make_records(dict.fromkeys(DEFAULT_COUNTS, BIG_PER_CLASS // 2), seed=2)
     )))  # fmt: skip
+    # the second default file repeats them (same ids and labels: de-duplicated, no conflict)
+    raw.with_name("arxiv-augment.jsonl.gz").write_bytes(raw.read_bytes())
     dvc = [sys.executable, "-m", "dvc"]
     _dvc_run([*dvc, "repro", "prepare"], project)
     out = project / "data" / "processed"
