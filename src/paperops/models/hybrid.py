@@ -43,9 +43,9 @@ from paperops.models.tfidf import (
     plain_vocabulary,
 )
 
-# below this many uncached texts a call embeds without writing to the cache: requests never
-# grow it, batch jobs (fit, evaluate) fill it
-MIN_CACHE_WRITE = 256
+# calls with fewer texts (requests) embed directly and never touch the cache; batch jobs (fit,
+# evaluate, offline scoring) read and fill it. As the embedding family's `cache_min_texts`.
+MIN_CACHE_TEXTS = 256
 __all__ = ["ENCODER_DIR", "HybridClassifier", "HybridConfig"]
 
 
@@ -88,6 +88,7 @@ class HybridClassifier:
         self.vectorizer: Any = None
         self.clf: Any = None
         self.encoder: OnnxEncoder | None = None
+        self._cache: EmbeddingCache | None = None
         self.fit_summary: dict[str, Any] = {}
 
     def attach_encoder(self, graph_dir: Path) -> None:
@@ -96,13 +97,12 @@ class HybridClassifier:
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         if self.encoder is None:
             raise RuntimeError("no encoder graph: attach_encoder(dir) or load() first")
-        if self.config.cache_dir and Path(self.config.cache_dir).is_dir():
-            cache = EmbeddingCache(Path(self.config.cache_dir))
-            return cache.get_or_compute(
-                self.encoder,
-                list(texts),
-                progress=len(texts) >= 1000,
-                min_write=MIN_CACHE_WRITE,
+        cache_dir = Path(self.config.cache_dir) if self.config.cache_dir else None
+        if cache_dir is not None and len(texts) >= MIN_CACHE_TEXTS and cache_dir.is_dir():
+            if self._cache is None:  # one index per model: built once, not per call
+                self._cache = EmbeddingCache(cache_dir)
+            return self._cache.get_or_compute(
+                self.encoder, list(texts), progress=len(texts) >= 1000
             )
         return self.encoder.embed_texts(list(texts))
 

@@ -158,3 +158,18 @@ def test_embedding_head_on_the_int8_graph_exports_over_that_graph(
     served = load_predictor(tmp_path / "export").predict_texts(texts[:5])
     direct = load_predictor(bundle).predict_texts(texts[:5])
     assert [p.label for p in served] == [p.label for p in direct]
+
+
+def test_requests_skip_the_cache_batch_jobs_fill_it(hybrid_bundle: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(hybrid_bundle, tmp_path / "b"))
+    meta = json.loads((copy / "model.json").read_text())
+    meta["config"]["cache_dir"] = str(tmp_path / "cache")
+    (copy / "model.json").write_text(json.dumps(meta))
+    (tmp_path / "cache").mkdir()
+    model = load_classifier(copy)
+    model.logits(["a request about graphs", "and one about stars"])
+    assert not list((tmp_path / "cache").rglob("shard-*"))  # a request: never written
+    batch = [f"paper {i} on graphs and groups" for i in range(300)]
+    first = model.logits(batch)
+    assert len(list((tmp_path / "cache").rglob("shard-*"))) == 1
+    np.testing.assert_allclose(model.logits(batch), first)  # read back: the same scores
