@@ -62,13 +62,7 @@ def render_card(meta: dict[str, Any], stats: dict[str, Any]) -> str:
             f"`{k}` ({v})" for k, v in sorted(stats["rare_classes"].items(), key=lambda kv: -kv[1])
         )
         out += ["", f"Classes dropped for having fewer than {meta['min_count']} papers: {rare}."]
-    out += [
-        "",
-        "## Rows per class and split",
-        "",
-        "| label | name | " + " | ".join(SPLITS) + " | total |",
-        "|---|---|" + "---:|" * (len(SPLITS) + 1),
-    ]
+    out += _split_table("Rows per class and split", ["label", "name"])
     per = stats["per_split"]
     for entry in sorted(meta["labels"], key=lambda e: -e["count"]):
         lab = entry["label"]
@@ -76,13 +70,7 @@ def render_card(meta: dict[str, Any], stats: dict[str, Any]) -> str:
         out.append(f"| `{lab}` | {entry['name']} | {cells} | {entry['count']:,} |")
     totals = " | ".join(f"**{sum(per[s].values()):,}**" for s in SPLITS)
     out.append(f"| **total** | | {totals} | **{stats['rows_out']:,}** |")
-    out += [
-        "",
-        "## Rows per source and split",
-        "",
-        "| source | " + " | ".join(SPLITS) + " | total |",
-        "|---|" + "---:|" * (len(SPLITS) + 1),
-    ]
+    out += _split_table("Rows per source and split", ["source"])
     held = set(meta.get("holdout_sources") or [])
     for src, row in sorted(stats["per_source"].items(), key=lambda kv: -sum(kv[1].values())):
         name = f"`{src}`" + (" (held out)" if src in held else "")
@@ -98,3 +86,14 @@ def render_card(meta: dict[str, Any], stats: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def _split_table(title: str, first: list[str]) -> list[str]:
+    """A section heading and the header of a table with one column per split and a total."""
+    return [
+        "",
+        f"## {title}",
+        "",
+        "| " + " | ".join([*first, *SPLITS]) + " | total |",
+        "|" + "---|" * len(first) + "---:|" * (len(SPLITS) + 1),
+    ]

@@ -104,13 +104,11 @@ class EmbeddingCache:
         *,
         progress: bool = True,
         wait_s: float = 0.0,
-        min_write: int = 0,
     ) -> np.ndarray:
         """(n, dim) float32 embeddings of `texts` in order, embedding only the missing ones.
 
         `wait_s` > 0 first waits up to that long for another process (DDP rank 0) to embed the
-        texts, instead of every rank embedding the same texts on the same cores. Fewer than
-        `min_write` missing texts are embedded but not written (a request, not a batch job).
+        texts, instead of every rank embedding the same texts on the same cores.
         """
         from tqdm.auto import tqdm
 
@@ -128,14 +126,6 @@ class EmbeddingCache:
             time.sleep(1.0)
             index = self._load_index(encoder)
         missing = sorted({k: i for i, k in enumerate(keys) if k not in index}.values())
-        if missing and len(missing) < min_write:
-            # request-sized: embed without writing, so serving never grows the cache
-            out = np.empty((len(texts), encoder.dim), dtype=np.float32)
-            known = [i for i, k in enumerate(keys) if k in index]
-            if known:
-                out[known] = self._read(index, [keys[i] for i in known], encoder.dim)
-            out[missing] = embed_texts([texts[i] for i in missing], batch_size)
-            return out
         if missing:
             self.misses += 1
             log.info(

@@ -111,17 +111,17 @@ def test_encoder_graph_is_built_once_and_checked(
         export_encoder.ensure_encoder_graph(str(tiny_encoder_dir), 32, tmp_path, texts[:3])
 
 
-def test_request_sized_calls_do_not_grow_the_cache(hybrid_bundle: Path, tmp_path: Path) -> None:
+def test_the_int8_encoder_goes_through_the_per_text_cache(
+    hybrid_bundle: Path, tmp_path: Path
+) -> None:
     enc = OnnxEncoder(hybrid_bundle / ENCODER_DIR)
     cache = EmbeddingCache(tmp_path)
-    few = cache.get_or_compute(enc, ["one paper", "another paper"], min_write=256)
-    assert cache.shards(enc) == []
-    assert np.allclose(few, enc.embed_texts(["one paper", "another paper"]), atol=1e-6)
     many = [f"paper number {i}" for i in range(300)]
-    cache.get_or_compute(enc, many, progress=False, min_write=256)
-    assert len(cache.shards(enc)) == 1
-    again = cache.get_or_compute(enc, [many[5], "new text"], min_write=256)
-    assert np.allclose(again[0], enc.embed_texts([many[5]])[0], atol=1e-6)
+    first = cache.get_or_compute(enc, many, progress=False)
+    assert len(cache.shards(enc)) == 1 and cache.directory(enc).parent == tmp_path
+    assert np.allclose(first[:5], enc.embed_texts(many[:5]), atol=1e-6)
+    again = cache.get_or_compute(enc, [many[5], many[0]], progress=False)
+    assert np.array_equal(again, first[[5, 0]]) and cache.hits == 1
     assert len(cache.shards(enc)) == 1
 
 
