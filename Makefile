@@ -31,11 +31,14 @@ $(STAMP): pyproject.toml requirements/*.txt
 install: $(STAMP)  ## create .venv and install paperops with all extras
 
 # Debian packages the tests drive for real: Chromium (web page test), prometheus (promtool checks
-# and rule tests). Installed only when missing.
+# and rule tests), postgresql (the live shared-store tests start a throwaway cluster with its
+# initdb/pg_ctl, which Debian keeps off PATH in /usr/lib/postgresql/<major>/bin). Installed only
+# when missing.
 SYSDEPS := chromium prometheus
 APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 sysdeps:  ## install the Debian packages the tests need (when missing)
 	@missing=""; for p in $(SYSDEPS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq --no-install-recommends $$missing; \

@@ -524,3 +524,22 @@ SLOW_FIRST = (
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {path: i for i, path in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL server per test process (tests/pg.py); each test makes its own
+    database with `pg_cluster.new_database()`."""
+    from tests.pg import start_cluster
+
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> str:
+    """A SQLAlchemy URL (postgresql+psycopg) of a fresh, empty database."""
+    return str(pg_cluster.url(pg_cluster.new_database()))
