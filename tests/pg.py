@@ -13,6 +13,7 @@ Missing binaries skip the tests with the reason, or fail them where PAPEROPS_REQ
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 
 USER = "paperops"
-PASSWORD = "pg-test-secret"  # noqa: S105 - a throwaway cluster on loopback
+PASSWORD = "pg-test-secret"  # a throwaway cluster on loopback
 
 
 def pg_bin(name: str) -> str | None:
@@ -55,7 +56,7 @@ def _as_user() -> list[str]:
         except KeyError:
             continue
         return ["runuser", "-u", name, "--"]
-    raise RuntimeError("running as root and no unprivileged user (postgres, nobody) to run PostgreSQL")
+    raise RuntimeError("running as root and no unprivileged user (postgres, nobody) for PostgreSQL")
 
 
 class PgCluster:
@@ -104,7 +105,7 @@ class PgCluster:
         self.start()
 
     def _run(self, *args: str, timeout: float = 60) -> None:
-        proc = subprocess.run(  # noqa: S603 - fixed binaries and our own paths
+        proc = subprocess.run(  # fixed binaries and our own paths
             [*self._prefix, *args], capture_output=True, text=True, timeout=timeout, check=False
         )
         if proc.returncode != 0:
@@ -119,7 +120,9 @@ class PgCluster:
         crash (recovery on the next start)."""
         self._run(self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop")
 
-    def url(self, database: str = "postgres", *, password: str = PASSWORD, port: int | None = None) -> str:
+    def url(
+        self, database: str = "postgres", *, password: str = PASSWORD, port: int | None = None
+    ) -> str:
         return (
             f"postgresql+psycopg://{USER}:{password}@127.0.0.1:{port or self.port}/{database}"
             "?connect_timeout=5"
@@ -140,10 +143,8 @@ class PgCluster:
         return name
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # already stopped
             self.stop("immediate")
-        except Exception:  # noqa: S110 - already stopped
-            pass
         shutil.rmtree(self.base, ignore_errors=True)
 
 

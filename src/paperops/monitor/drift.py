@@ -76,12 +76,13 @@ def load_reference(cfg: DriftConfig) -> Reference:
 def load_window(cfg: DriftConfig, window: str | None = None, now: float | None = None) -> Window:
     # deferred: pulls sqlalchemy
     from paperops.requestlog.queries import read_predictions
+    from paperops.requestlog.schema import RequestLogError
 
     spec = window or cfg.window
     since, until = parse_window(spec, time.time() if now is None else now)
     try:
         rows = read_predictions(cfg.request_log, since=since, until=until, limit=cfg.max_papers)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, RequestLogError) as e:
         raise DriftError(str(e)) from None
     return Window(rows, since, until, spec)
 
@@ -156,6 +157,10 @@ def run_drift(cfg: DriftConfig, window: str | None = None) -> dict[str, Any]:
     if cfg.store:
         # deferred: pulls sqlalchemy
         from paperops.requestlog.queries import save_drift_report
+        from paperops.requestlog.schema import RequestLogError
 
-        save_drift_report(cfg.request_log, report)
+        try:
+            save_drift_report(cfg.request_log, report)
+        except RequestLogError as e:
+            raise DriftError(f"{e} (the reports were written to {cfg.output_dir})") from None
     return report

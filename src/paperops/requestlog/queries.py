@@ -1,7 +1,9 @@
 """Readers of the request log: the drift job's window of predictions (oldest first), generations,
 request counts, and the stored drift reports the API serves at /v1/monitoring/drift.
 
-Opened read-only where the database allows it, so a drift job never blocks the writer.
+Opened read-only where the database allows it, so a drift job never blocks the writer. A server
+that cannot be reached, refused credentials or a schema from a newer paperops raise
+RequestLogError naming the URL (password masked) and what to do.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from paperops.requestlog.migrations import check_version, ensure_schema
 from paperops.requestlog.schema import (
-    _make_sqlite_dir,
+    RequestLogError,
+    _safe_url,
+    _short,
     _sqlite_path,
     drift_reports_table,
     feedback_table,
     generations_table,
     make_engine,
-    metadata,
     predictions_table,
     requests_table,
 )
@@ -40,13 +44,26 @@ def _reader(url: str, table: sa.Table | None = None) -> Iterator[sa.Connection |
                     f"no request log at {path}: it is created by `paperops serve` "
                     "(serve.request_log.url)"
                 )
-        with engine.connect() as conn:
+        try:
+            conn = engine.connect()
+        except sa.exc.OperationalError as e:
+            raise _unavailable(url, e) from None
+        with conn:
+            check_version(conn, url)
             if not sa.inspect(conn).has_table(table.name):
                 yield None
             else:
                 yield conn
     finally:
         engine.dispose()
+
+
+def _unavailable(url: str, error: BaseException) -> RequestLogError:
+    return RequestLogError(
+        f"cannot open the request log at {_safe_url(url)} ({_short(error)}): check the host, "
+        "port, user and password of the URL (monitor.request_log / serve.request_log.url) and "
+        "that the database server is running"
+    )
 
 
 def read_predictions(
@@ -123,8 +140,10 @@ def save_drift_report(url: str, report: dict[str, Any]) -> None:
     """Store a drift report where the API looks for the latest one."""
     engine = make_engine(url)
     try:
-        _make_sqlite_dir(engine)
-        metadata.create_all(engine, tables=[drift_reports_table], checkfirst=True)
+        try:
+            ensure_schema(engine, url)
+        except sa.exc.OperationalError as e:
+            raise _unavailable(url, e) from None
         with engine.begin() as conn:
             conn.execute(
                 drift_reports_table.insert().values(

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 
 DEFAULT_BUSY_TIMEOUT_MS = 5_000
+DEFAULT_CONNECT_TIMEOUT_S = 5  # a server that does not answer fails a connect after this, not never
 
 
 metadata = sa.MetaData()
@@ -126,6 +127,31 @@ drift_reports_table = sa.Table(
     sa.Column("report", sa.JSON, nullable=False),
     sa.Index("ix_drift_reports_ts", "ts"),
 )
+
+
+# One row per committed write batch (schema version 2): a batch retried after a lost connection
+# checks its key first, so a commit whose acknowledgement was lost is not written twice.
+log_batches_table = sa.Table(
+    "log_batches",
+    metadata,
+    sa.Column("batch_key", sa.String(64), primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+)
+
+
+# The schema version, one row per applied migration (paperops.requestlog.migrations).
+schema_version_table = sa.Table(
+    "paperops_schema",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False),
+)
+
+
+class RequestLogError(RuntimeError):
+    """The log's database cannot be used as asked (unreachable, refused credentials, a schema
+    from a newer paperops); the message names the URL with its password masked."""
 
 
 @dataclass(frozen=True)
@@ -240,7 +266,13 @@ def make_engine(url: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> 
     (safe with WAL, far fewer fsyncs) and a busy timeout on every new connection."""
     try:
         parsed = make_url(url)
-        engine = sa.create_engine(parsed)
+        kwargs: dict[str, Any] = {}
+        if parsed.get_backend_name() != "sqlite":
+            # a server restart leaves dead pooled connections: test each one before use
+            kwargs["pool_pre_ping"] = True
+            if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+                kwargs["connect_args"] = {"connect_timeout": DEFAULT_CONNECT_TIMEOUT_S}
+        engine = sa.create_engine(parsed, **kwargs)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ValueError) as e:
         raise ValueError(
             f"serve.request_log.url {_safe_url(url)!r} is not a usable SQLAlchemy URL ({e}); e.g. "

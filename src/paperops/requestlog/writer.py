@@ -4,6 +4,13 @@ A response never waits for the disk unless `durable` asks it to: records queue i
 are written in batches (group commit); with `durable`, `wait_written(seq)` lets a handler answer
 only after its rows are committed (kill -9 then loses no answered request, measured in
 docs/reliability.md). A full queue or a failing database drops rows and counts them.
+
+A database server that goes away (a restart, a failover, a dropped connection) is not a failing
+database: the writer holds the batch and retries it with backoff for up to `retry_s`, and new
+records queue behind it (bounded by `queue_size`), so a restart loses no row. Each batch carries a
+key stored with it (table log_batches), and a retry first checks for it: a commit whose
+acknowledgement was lost with the connection is not written twice. Local SQLite errors (a
+read-only file, a full disk, a lock held past the busy timeout) drop the batch at once, as before.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from paperops.requestlog.migrations import ensure_schema
 from paperops.requestlog.queries import _set_results
 from paperops.requestlog.schema import (
     DEFAULT_BUSY_TIMEOUT_MS,
@@ -27,13 +36,12 @@ from paperops.requestlog.schema import (
     GenerationRecord,
     Record,
     RequestRecord,
-    _make_sqlite_dir,
     _safe_url,
     _short,
     feedback_table,
     generations_table,
+    log_batches_table,
     make_engine,
-    metadata,
     predictions_table,
     requests_table,
 )
@@ -46,9 +54,16 @@ ERROR_LOG_INTERVAL_S = 30.0  # at most one error line per interval while the dat
 
 RECENT_IDS = 100_000  # request ids remembered in memory for has_request()
 
+BATCH_KEYS_KEEP_S = 3600.0  # log_batches rows older than this are pruned (retries are shorter)
+PRUNE_EVERY = 1000  # batches between two prunes
+
 
 class _SchemaNotReady(Exception):
-    """The tables could not be created (yet): the batch is dropped, creation retried."""
+    """The tables could not be created (yet): the batch fails, creation is retried."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"database not writable: {_short(cause)}")
+        self.cause = cause
 
 
 class RequestLog:
@@ -65,11 +80,21 @@ class RequestLog:
         on_write: Callable[[int], None] | None = None,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         linger_ms: float = 50.0,
+        retry_s: float = 60.0,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"serve.request_log.queue_size must be >= 1; got {queue_size}")
         if batch_size < 1:
             raise ValueError(f"serve.request_log.batch_size must be >= 1; got {batch_size}")
+        if not 0 <= retry_s <= BATCH_KEYS_KEEP_S:
+            raise ValueError(
+                f"serve.request_log.retry_s must be between 0 and {BATCH_KEYS_KEEP_S:.0f}; "
+                f"got {retry_s}"
+            )
+        self.retry_s = float(retry_s)
+        self._instance = uuid.uuid4().hex[:16]  # batch keys: <instance>-<n>, unique per process
+        self._batches = 0
+        self._give_up_at = float("inf")  # set by close(): retries end before its timeout
         self.url = url
         self.queue_size = int(queue_size)
         self.batch_size = int(batch_size)
@@ -106,15 +131,17 @@ class RequestLog:
     # -- lifecycle --
 
     def start(self) -> RequestLog:
-        """Create the tables (idempotent) and start the writer thread. A database that cannot be
-        written right now is logged, not raised: serving goes on and rows are dropped (counted)
-        until it works; only a malformed URL or a missing driver raises (ValueError)."""
+        """Create or migrate the tables (idempotent) and start the writer thread. A database
+        that cannot be reached right now is logged, not raised: serving goes on and rows are
+        retried or dropped (counted) until it works. A malformed URL or a missing driver raises
+        ValueError, a schema from a newer paperops RequestLogError."""
         if self._thread is not None:
             return self
         if self._closed:
             raise RuntimeError("this RequestLog was closed; create a new one")
         self._engine = make_engine(self.url, busy_timeout_ms=self._busy_timeout_ms)
-        self._ensure_schema()
+        with contextlib.suppress(_SchemaNotReady):  # reported; the writer tries again
+            self._ensure_schema()
         self._thread = threading.Thread(target=self._run, name="paperops-reqlog", daemon=True)
         self._thread.start()
         return self
@@ -127,6 +154,7 @@ class RequestLog:
                 return
             self._closed = True
             self._stopping = True
+            self._give_up_at = time.monotonic() + max(0.0, timeout - 1.0)
             self._cond.notify_all()
         thread = self._thread
         if thread is not None:
@@ -322,8 +350,9 @@ class RequestLog:
                 return
             rows = sum(r.rows for r in batch)
             last = self._taken
+            self._batches += 1
             try:
-                self._write(batch)
+                self._write_retrying(batch, f"{self._instance}-{self._batches}", rows)
             except Exception as e:  # any failure: drop this batch, keep the thread alive
                 self._fail(rows, e)
                 self._failed.append((last - len(batch) + 1, last))
@@ -347,25 +376,75 @@ class RequestLog:
             raise RuntimeError("RequestLog.start() was not called")
         return self._engine
 
-    def _ensure_schema(self) -> bool:
+    def _ensure_schema(self) -> None:
+        """Tables at the current version; _SchemaNotReady when the database cannot be reached
+        or written, RequestLogError for a newer schema."""
         if self._schema_ready:
-            return True
-        engine = self._live_engine()
+            return
         try:
-            _make_sqlite_dir(engine)
-            metadata.create_all(engine, checkfirst=True)
+            ensure_schema(self._live_engine(), self.url)
         except (OSError, sa.exc.SQLAlchemyError) as e:
-            self._report(
-                f"request log {self._where()} is not writable ({_short(e)}); serving "
-                "continues and log rows are dropped (counted) until it is"
+            server = self._live_engine().dialect.name != "sqlite"
+            todo = (
+                "check the host, port, user and password in serve.request_log.url and that the "
+                "database server is running; rows are retried for serve.request_log.retry_s, "
+                "then dropped (counted)"
+                if server
+                else "log rows are dropped (counted) until it is"
             )
-            return False
+            self._report(
+                f"request log {self._where()} is not writable ({_short(e)}); serving continues: "
+                f"{todo}"
+            )
+            raise _SchemaNotReady(e) from e
         self._schema_ready = True
-        return True
 
-    def _write(self, batch: list[Record]) -> None:
-        if not self._ensure_schema():
-            raise _SchemaNotReady("database not writable")
+    def _transient(self, error: BaseException) -> bool:
+        """A lost or refused server connection (worth retrying), not a local SQLite failure."""
+        if isinstance(error, _SchemaNotReady):
+            error = error.cause
+        if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+            return True
+        if self._live_engine().dialect.name == "sqlite":
+            return False
+        return isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError)
+
+    def _write_retrying(self, batch: list[Record], key: str, rows: int) -> None:
+        """Write the batch; on a transient error hold it and retry with backoff until it is
+        written, `retry_s` has passed or close() needs the thread back."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                self._write(batch, key, retry=attempt > 0)
+            except Exception as e:
+                now = time.monotonic()
+                if (
+                    not self._transient(e)
+                    or now - started >= self.retry_s
+                    or now >= self._give_up_at
+                ):
+                    raise
+                attempt += 1
+                self._report(
+                    f"request log {self._where()}: database unavailable ({_short(e)}); holding "
+                    f"{rows} rows and retrying for up to {self.retry_s:.0f} s"
+                )
+                with self._cond:  # close() wakes this wait to give up in time
+                    self._cond.wait(min(0.05 * 2**attempt, 1.0, max(0.0, self._give_up_at - now)))
+                continue
+            if attempt:
+                log.warning(
+                    "request log %s: database back; %d held rows written after %d retries (%.1f s)",
+                    self._where(),
+                    rows,
+                    attempt,
+                    time.monotonic() - started,
+                )
+            return
+
+    def _write(self, batch: list[Record], key: str, *, retry: bool = False) -> None:
+        self._ensure_schema()
         engine = self._live_engine()
         req_rows: list[dict[str, Any]] = []
         pred_rows: list[dict[str, Any]] = []
@@ -431,6 +510,19 @@ class RequestLog:
                     }
                 )
         with engine.begin() as conn:
+            if retry:  # the failed attempt may have committed before its connection was lost
+                done = sa.select(log_batches_table.c.batch_key).where(
+                    log_batches_table.c.batch_key == key
+                )
+                if conn.execute(done).first() is not None:
+                    return
+            n_rows = len(req_rows) + len(pred_rows) + len(fb_rows) + len(gen_rows)
+            conn.execute(
+                log_batches_table.insert().values(batch_key=key, ts=time.time(), rows=n_rows)
+            )
+            if self._batches % PRUNE_EVERY == 0:
+                old = time.time() - BATCH_KEYS_KEEP_S
+                conn.execute(log_batches_table.delete().where(log_batches_table.c.ts < old))
             if req_rows:
                 conn.execute(requests_table.insert(), req_rows)
             if pred_rows:

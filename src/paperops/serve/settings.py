@@ -88,6 +88,7 @@ class RequestLogSettings:
     store_text: bool = True
     durable: bool = True
     durable_timeout_ms: float = 1000.0
+    retry_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.url is not None and not isinstance(self.url, str):
@@ -102,6 +103,9 @@ class RequestLogSettings:
                     f"serve.request_log.{name} must be true/false; got {getattr(self, name)!r}"
                 )
         _number("request_log.durable_timeout_ms", self.durable_timeout_ms, 1)
+        _number("request_log.retry_s", self.retry_s, 0)
+        if self.retry_s > 3600:
+            raise SettingsError(f"serve.request_log.retry_s must be <= 3600; got {self.retry_s}")
 
     @property
     def enabled(self) -> bool:

@@ -216,6 +216,7 @@ async def start_request_log(state: ServeState) -> None:
         queue_size=cfg.queue_size,
         batch_size=cfg.batch_size,
         store_text=cfg.store_text,
+        retry_s=cfg.retry_s,
         on_drop=state.metrics.log_dropped.inc,
         on_write=state.metrics.log_written.inc,
     )
