@@ -360,6 +360,53 @@ def test_objects_reference_each_other(manifests: dict[str, dict]) -> None:
                     assert ref["key"] in manifests[f"Secret/{ref['name']}"]["stringData"], kind
 
 
+def test_the_request_log_url_reaches_the_postgres_statefulset(manifests: dict[str, dict]) -> None:
+    """The Secret's log URL names the Service, port, user, database and password the StatefulSet
+    initialises: a typo in any of them is a log that never connects."""
+    from sqlalchemy.engine import make_url
+
+    secret = manifests["Secret/paperops-api-secrets"]["stringData"]
+    url = make_url(secret["PAPEROPS_REQUEST_LOG_URL"])
+    svc = manifests["Service/paperops-postgres"]
+    sts = manifests["StatefulSet/paperops-postgres"]
+    pod = sts["spec"]["template"]
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert url.drivername == "postgresql+psycopg"
+    assert (url.host, url.port) == (svc["metadata"]["name"], svc["spec"]["ports"][0]["port"])
+    assert (url.username, url.database) == (
+        env["POSTGRES_USER"]["value"],
+        env["POSTGRES_DB"]["value"],
+    )
+    ref = env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "paperops-api-secrets" and url.password == secret[ref["key"]]
+    assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    mounts = {m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    claim = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+    assert env["PGDATA"]["value"].startswith("/var/lib/postgresql/data/")
+    assert "/var/lib/postgresql/data" in mounts and claim == "data"
+
+
+def test_compose_api_and_mlflow_use_the_postgres_service(compose: dict) -> None:
+    from sqlalchemy.engine import make_url
+
+    services = compose["services"]
+    pg = services["postgres"]["environment"]
+    api_url = next(a for a in services["api"]["command"] if a.startswith("serve.request_log.url="))
+    store = next(a for a in services["mlflow"]["command"] if a.startswith("--backend-store-uri="))
+    init = (DEPLOY / "postgres" / "init.sql").read_text()
+    for raw, db in (
+        (api_url.split("=", 1)[1], pg["POSTGRES_DB"]),
+        (store.split("=", 1)[1], "mlflow"),
+    ):
+        url = make_url(raw)
+        assert (url.drivername, url.host, url.port) == ("postgresql+psycopg", "postgres", 5432)
+        assert url.username == pg["POSTGRES_USER"] and url.password == pg["POSTGRES_PASSWORD"]
+        assert url.database == db and (db == pg["POSTGRES_DB"] or f"CREATE DATABASE {db}" in init)
+    for name in ("api", "mlflow"):
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
+
+
 def _cronjob_pod(manifests: dict[str, dict]) -> dict:
     return manifests["CronJob/paperops-drift"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
 
@@ -664,7 +711,7 @@ def _run_hadolint(path: Path) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["api", "train"])
+@pytest.mark.parametrize("name", ["api", "train", "mlflow"])
 def test_hadolint(name: str) -> None:
     proc = _run_hadolint(DOCKER / f"{name}.Dockerfile")
     assert proc.returncode == 0, proc.stdout + proc.stderr
