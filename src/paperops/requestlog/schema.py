@@ -270,8 +270,20 @@ def make_engine(url: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> 
         if parsed.get_backend_name() != "sqlite":
             # a server restart leaves dead pooled connections: test each one before use
             kwargs["pool_pre_ping"] = True
-            if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-                kwargs["connect_args"] = {"connect_timeout": DEFAULT_CONNECT_TIMEOUT_S}
+            if parsed.get_backend_name() == "postgresql":
+                # libpq settings the URL does not set: a bounded connect, and TCP keepalives plus
+                # a user timeout so a vanished host fails a connection in ~30 s, not hours
+                defaults = {
+                    "connect_timeout": DEFAULT_CONNECT_TIMEOUT_S,
+                    "keepalives": 1,
+                    "keepalives_idle": 10,
+                    "keepalives_interval": 5,
+                    "keepalives_count": 3,
+                    "tcp_user_timeout": 30_000,
+                }
+                kwargs["connect_args"] = {
+                    k: v for k, v in defaults.items() if k not in parsed.query
+                }
         engine = sa.create_engine(parsed, **kwargs)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ValueError) as e:
         raise ValueError(
