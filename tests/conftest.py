@@ -539,6 +539,18 @@ def pg_cluster() -> Iterator[Any]:
         cluster.close()
 
 
+@pytest.fixture(scope="module")
+def pg_own_cluster() -> Iterator[Any]:
+    """A cluster for one module alone: for tests that stop and start the server."""
+    from tests.pg import start_cluster
+
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
 @pytest.fixture
 def pg_url(pg_cluster: Any) -> str:
     """A SQLAlchemy URL (postgresql+psycopg) of a fresh, empty database."""

@@ -173,3 +173,15 @@ def wait_ready(cluster: PgCluster, timeout: float = 30) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def query(url: str, sql: str) -> list[tuple]:
+    """Rows of `sql` on the database at `url`, read by a fresh connection (as another process)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sa.text(sql))]
+    finally:
+        engine.dispose()

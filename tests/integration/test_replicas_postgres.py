@@ -16,20 +16,17 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
-from paperops.requestlog.schema import make_engine
 from paperops.serve.launcher import paperops_command
 from tests.conftest import DEFAULT_COUNTS, make_records
 from tests.integration.gen_helpers import metric_value
 from tests.integration.serve_helpers import TEST_ENV
-from tests.pg import PgCluster, start_cluster
+from tests.pg import PgCluster, query
 from tests.reliability.server import CLEAN_EXIT, ServerProcess, log_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -42,32 +39,13 @@ CLIENTS = 4
 OUTAGE_S = 2.0
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PgCluster]:
-    """A cluster of its own: this module stops and starts the server."""
-    c = start_cluster()
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-def _rows(url: str, sql: str) -> list[tuple]:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(sa.text(sql))]
-    finally:
-        engine.dispose()
-
-
 def test_two_replicas_one_log_through_a_database_restart(
-    cluster: PgCluster,
+    pg_own_cluster: PgCluster,
     tfidf_bundle: Path,
     _prepared_once: Path,
     tmp_path: Path,
 ) -> None:
-    url = cluster.url(cluster.new_database("replicas"))
+    url = pg_own_cluster.url(pg_own_cluster.new_database("replicas"))
     model = Path(shutil.copytree(tfidf_bundle, tmp_path / "model"))
     args = ["--model", str(model), "serve.drift_refresh_s=1"]
     servers = [
@@ -109,9 +87,9 @@ def test_two_replicas_one_log_through_a_database_restart(
             futures = [pool.submit(client, k) for k in range(CLIENTS)]
             assert answered.wait(LOAD_S)
             t_down = time.monotonic()
-            cluster.stop("fast")  # every connection of both replicas is cut
+            pg_own_cluster.stop("fast")  # every connection of both replicas is cut
             time.sleep(OUTAGE_S)
-            cluster.start()
+            pg_own_cluster.start()
             outage = time.monotonic() - t_down
             with lock:
                 during = [r for r in results if r[3] > 0.5]
@@ -147,15 +125,15 @@ def test_two_replicas_one_log_through_a_database_restart(
     assert statuses <= {200, 503}, statuses
     ok = [(rid, n) for s, rid, n, _ in results if s == 200]
     assert len(ok) >= REQUESTS * 0.9
-    logged = dict(_rows(url, "SELECT request_id, count(*) FROM requests GROUP BY request_id"))
+    logged = dict(query(url, "SELECT request_id, count(*) FROM requests GROUP BY request_id"))
     assert all(logged.get(rid) == 1 for rid, _ in ok), "an answered request is missing or doubled"
-    papers = dict(_rows(url, "SELECT request_id, count(*) FROM predictions GROUP BY request_id"))
+    papers = dict(query(url, "SELECT request_id, count(*) FROM predictions GROUP BY request_id"))
     assert all(papers.get(rid) == n for rid, n in ok)
     assert len({rid for rid, _ in ok}) == len(ok)
     dropped = sum(metric_value(m, "paperops_request_log_dropped_total") for m in metrics)
     unconfirmed = sum(metric_value(m, "paperops_request_log_unconfirmed_total") for m in metrics)
     assert dropped == 0
-    batches = _rows(url, "SELECT count(*), sum(rows) FROM log_batches")[0]
+    batches = query(url, "SELECT count(*), sum(rows) FROM log_batches")[0]
     assert batches[1] == len(logged) + sum(papers.values())  # every row came in a keyed batch
     assert batches[0] < len(ok)  # durable answers shared commits (group commit)
     back = sum("database back" in s.tail(200_000) for s in servers)

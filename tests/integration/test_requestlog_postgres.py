@@ -8,7 +8,6 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,19 +24,10 @@ from paperops.requestlog.schema import (
     schema_version_table,
 )
 from paperops.requestlog.writer import RequestLog
-from tests.pg import PASSWORD, PgCluster, start_cluster
+from tests.pg import PASSWORD, PgCluster, query
 from tests.unit.requestlog.test_writer import request, wait_until
 
 pytestmark = [pytest.mark.integration]
-
-
-def rows(url: str, sql: str) -> list[tuple[Any, ...]]:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(sa.text(sql))]
-    finally:
-        engine.dispose()
 
 
 def _migrate_in_child(url: str, barrier: Any) -> int:
@@ -57,7 +47,7 @@ def test_replicas_creating_the_schema_at_once_all_succeed(pg_url: str) -> None:
     with ctx.Pool(4) as pool:
         versions = pool.starmap(_migrate_in_child, [(pg_url, barrier)] * 4, chunksize=1)
     assert versions == [SCHEMA_VERSION] * 4
-    assert rows(pg_url, "SELECT version FROM paperops_schema ORDER BY version") == [
+    assert query(pg_url, "SELECT version FROM paperops_schema ORDER BY version") == [
         (v,) for v in range(1, SCHEMA_VERSION + 1)
     ]
 
@@ -84,8 +74,8 @@ def test_an_unversioned_log_is_upgraded_and_keeps_its_rows(pg_url: str) -> None:
     with RequestLog(pg_url) as rl:
         rl.log(request("new", n_papers=2))
     assert rl.written == 3
-    assert rows(pg_url, "SELECT request_id FROM requests ORDER BY id") == [("old",), ("new",)]
-    assert rows(pg_url, "SELECT max(version) FROM paperops_schema") == [(SCHEMA_VERSION,)]
+    assert query(pg_url, "SELECT request_id FROM requests ORDER BY id") == [("old",), ("new",)]
+    assert query(pg_url, "SELECT max(version) FROM paperops_schema") == [(SCHEMA_VERSION,)]
 
 
 def test_a_schema_from_a_newer_paperops_is_refused(pg_url: str) -> None:
@@ -131,20 +121,10 @@ def test_bad_credentials_or_no_server_are_clear_bounded_errors(
     assert time.monotonic() - started < 60  # bounded: nothing waited for a server forever
 
 
-@pytest.fixture
-def own_cluster() -> Iterator[PgCluster]:
-    """A cluster of its own: this test stops and starts the server."""
-    cluster = start_cluster()
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-
-
 def test_a_server_restart_mid_write_loses_no_row_and_writes_none_twice(
-    own_cluster: PgCluster,
+    pg_own_cluster: PgCluster,
 ) -> None:
-    url = own_cluster.url(own_cluster.new_database())
+    url = pg_own_cluster.url(pg_own_cluster.new_database())
     rl = RequestLog(url, linger_ms=5, batch_size=16).start()
     n, stop = 400, threading.Event()
 
@@ -158,10 +138,10 @@ def test_a_server_restart_mid_write_loses_no_row_and_writes_none_twice(
     producer.start()
     try:
         wait_until(lambda: rl.written > 60, "rows written before the restart")
-        own_cluster.stop("fast")  # aborts the open transaction and drops every connection
+        pg_own_cluster.stop("fast")  # aborts the open transaction and drops every connection
         time.sleep(1.0)  # records keep arriving while the server is down
         written_during_outage = rl.written
-        own_cluster.start()
+        pg_own_cluster.start()
         assert stop.wait(60)
     finally:
         producer.join(60)
@@ -171,8 +151,8 @@ def test_a_server_restart_mid_write_loses_no_row_and_writes_none_twice(
     assert rl.last_error is None
     assert count_requests(url) == n
     dup = "SELECT request_id FROM requests GROUP BY request_id HAVING count(*) > 1"
-    assert rows(url, dup) == []
-    assert rows(url, "SELECT count(*) FROM predictions") == [(2 * n,)]
+    assert query(url, dup) == []
+    assert query(url, "SELECT count(*) FROM predictions") == [(2 * n,)]
 
 
 def test_a_retried_batch_whose_commit_went_through_is_not_written_twice(pg_url: str) -> None:
