@@ -2,9 +2,11 @@
 
 Each trial is an ordinary training run (its own MLflow run, tagged with the study and trial)
 composed from the same config plus the trial's overrides, so a trial can be re-run exactly with
-`paperops train <overrides>`. The study lives in a database (SQLite by default): several
-processes or machines pointed at one URL work on the same study. Neural trials report the
-monitored metric after every validation epoch, and the pruner stops unpromising ones early.
+`paperops train <overrides>`. The study lives in a database (SQLite by default, one worker):
+several processes or machines pointed at one PostgreSQL URL work on the same study and share its
+`n_trials` budget (sweep_study.py: safe creation, the shared budget, dead workers' trials
+retried). Neural trials report the monitored metric after every validation epoch, and the pruner
+stops unpromising ones early.
 """
 
 from __future__ import annotations
@@ -22,12 +24,18 @@ from paperops.config import load_config
 from paperops.io import atomic_write_text
 from paperops.models.base import SKLEARN_FAMILIES
 from paperops.train import train
+from paperops.train.sweep_study import (
+    Heartbeat,
+    SweepConfigError,
+    SweepStorageError,
+    open_study,
+    run_trials,
+    safe_url,
+)
 
 log = logging.getLogger(__name__)
 
-
-class SweepConfigError(ValueError):
-    """hparams_search is missing or a parameter spec is malformed."""
+__all__ = ["SweepConfigError", "SweepResult", "SweepStorageError", "run_sweep"]
 
 
 @dataclass
@@ -59,14 +67,17 @@ def suggest(trial: Any, name: str, spec: Mapping[str, Any]) -> Any:
     )
 
 
-def _sampler(spec: Mapping[str, Any]) -> Any:
+def _sampler(spec: Mapping[str, Any], seeded: bool = True) -> Any:
+    """The configured sampler; unseeded for a worker joining an existing study (the same seed
+    in two workers proposes the same parameters in both)."""
     import optuna
 
     name = spec.get("name", "tpe")
+    seed = spec.get("seed") if seeded else None
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.get("seed"))
+        return optuna.samplers.TPESampler(seed=seed)
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=spec.get("seed"))
+        return optuna.samplers.RandomSampler(seed=seed)
     raise SweepConfigError(f"hparams_search.sampler.name must be tpe or random; got {name!r}")
 
 
@@ -123,13 +134,15 @@ def run_sweep(overrides: Sequence[str]) -> SweepResult:
         raise SweepConfigError("hparams_search.params is empty: nothing to search")
     storage = str(hs.storage)
     _ensure_sqlite_dir(storage)
-    study = optuna.create_study(
-        study_name=str(hs.study_name),
-        storage=storage,
-        direction=str(hs.direction),
-        sampler=_sampler(hs.get("sampler") or {}),
-        pruner=_pruner(hs.get("pruner") or {}),
-        load_if_exists=True,
+    heartbeat = Heartbeat.from_config(hs.get("heartbeat", {}))
+    sampler_spec = hs.get("sampler") or {}
+    study = open_study(
+        storage,
+        str(hs.study_name),
+        str(hs.direction),
+        lambda seeded: _sampler(sampler_spec, seeded),
+        _pruner(hs.get("pruner") or {}),
+        heartbeat,
     )
     metric = str(hs.metric)
     base_dir = Path(cfg.paths.get("models", "models")) / "sweeps" / str(hs.study_name)
@@ -154,10 +167,15 @@ def run_sweep(overrides: Sequence[str]) -> SweepResult:
         return float(result.val_metrics[metric])
 
     timeout = hs.get("timeout_s")
-    study.optimize(
-        objective, n_trials=int(hs.n_trials), timeout=float(timeout) if timeout else None
+    run_trials(
+        study,
+        objective,
+        int(hs.n_trials),
+        timeout_s=float(timeout) if timeout else None,
+        heartbeat=heartbeat,
+        log=log,
     )
-    return _summarise(study, cfg, storage)
+    return _summarise(study, cfg, safe_url(storage))
 
 
 def _fmt(v: Any) -> str:
@@ -182,7 +200,14 @@ def _summarise(study: Any, cfg: DictConfig, storage: str) -> SweepResult:
         "best_overrides": best.user_attrs.get("overrides", []),
         "best_mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
         "trials": [
-            {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params}
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "params": t.params,
+                "worker": t.user_attrs.get("worker"),
+                "retry_of": t.system_attrs.get("failed_trial"),
+            }
             for t in trials
         ],
     }

@@ -125,12 +125,18 @@ def test_tfidf_sweep_runs_an_optuna_study(tmp_path: Path, prepared_dir: Path) ->
     assert "3 trials" in out
     summary = json.loads((tmp_path / "reports" / "sweeps" / "tfidf" / "summary.json").read_text())
     assert len(summary["trials"]) == 3 and summary["best_value"] == 1.0
-    # a second worker on the same storage continues the same study
-    _run("train", "-m", *ov)
     import optuna
 
-    study = optuna.load_study(study_name="tfidf", storage=f"sqlite:///{tmp_path}/optuna/optuna.db")
-    assert len(study.trials) == 6
+    storage = f"sqlite:///{tmp_path}/optuna/optuna.db"
+    # n_trials is the study's budget, not each run's: a second run on a finished study adds
+    # nothing, and a larger budget tops it up (the worker joining draws its own parameters)
+    _run("train", "-m", *ov)
+    assert len(optuna.load_study(study_name="tfidf", storage=storage).trials) == 3
+    out = _run("train", "-m", *ov, "hparams_search.n_trials=5")
+    study = optuna.load_study(study_name="tfidf", storage=storage)
+    assert len(study.trials) == 5 and "5 trials" in out
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 5
 
 
 def test_experiment_presets_compose() -> None:
