@@ -4,7 +4,8 @@ A run records the resolved config (as `config.yaml` and as flattened params), th
 whether the tree was dirty, the hash of the data it saw, metrics per step, plots, and the trained
 bundle as a pyfunc model. Lightning's loggers attach to the *same* run (no second run per job),
 and W&B can mirror it offline. MLflow defaults to an embedded SQLite store under `mlruns/`, so
-all of this works on a laptop with no server; `logger.tracking_uri` points it anywhere else.
+all of this works on a laptop with no server; `MLFLOW_TRACKING_URI` or `logger.tracking_uri`
+points it at a server (tested live: an `mlflow server` on PostgreSQL).
 
 mlflow is imported lazily: the CLI stays fast for commands that never track anything.
 """
@@ -65,12 +66,17 @@ def tracking_uri(logger_cfg: Any) -> str:
 
 
 def _artifact_location(logger_cfg: Any) -> str | None:
+    """Where a new experiment keeps artifacts. A local path is made absolute; it is ignored for
+    a tracking server (http/https), which proxies artifacts to its own --artifacts-destination:
+    a client-side path there would only exist on the machine that created the experiment."""
     loc = cfg_value(logger_cfg, "artifact_location")
     if loc is None:
         return None
     loc = str(loc)
     if "://" in loc or loc.startswith("file:"):
         return loc
+    if tracking_uri(logger_cfg).startswith(("http://", "https://")):
+        return None
     path = Path(loc).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path.as_uri()

@@ -260,3 +260,23 @@ def test_a_model_can_be_logged_after_the_run_closed(store, bundle: Path) -> None
         pd.DataFrame({"title": ["Galaxies Dark Matter Halos"], "abstract": ["we observe"]})
     )
     assert out["label"].tolist() == ["astro-ph"]
+
+
+def test_mlflow_tracking_uri_env_points_paperops_at_a_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MLFLOW_TRACKING_URI, as every MLflow tool reads it, is the default store; an explicit
+    logger.tracking_uri still wins. With a server, a local artifact path is not imposed on the
+    experiment (the server proxies artifacts to its own root)."""
+    from paperops.config import load_config
+    from paperops.tracking.runs import _artifact_location, tracking_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    cfg = load_config([])
+    assert tracking_uri(cfg.logger) == "http://127.0.0.1:5999"
+    assert _artifact_location(cfg.logger) is None
+    cfg = load_config(["logger.tracking_uri=sqlite:///x/mlflow.db"])
+    assert tracking_uri(cfg.logger).endswith("/x/mlflow.db")
+    assert str(_artifact_location(cfg.logger)).startswith("file:///")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking_uri(load_config([]).logger).endswith("/mlruns/mlflow.db")
