@@ -1,4 +1,5 @@
-"""`paperops models ...`: inspect the model registry and move the champion alias by hand.
+"""`paperops models ...`: inspect the model registry, move the champion alias by hand, read the
+promotion history and roll back.
 
 Mounted by the root CLI as `app.add_typer(models_app, name="models")`. Each command composes the
 Hydra config, so the store is chosen like everywhere else:
@@ -16,7 +17,8 @@ from paperops.cli.common import Overrides, fail
 from paperops.config import ConfigError, load_config
 
 models_app = typer.Typer(
-    help="List, inspect and promote registered models (the `champion` alias is what is served).",
+    help="List, inspect, promote and roll back registered models (the `champion` alias is what "
+    "is served).",
     no_args_is_help=True,
 )
 
@@ -145,11 +147,89 @@ def promote_cmd(
     name: NameOption = None,
 ) -> None:
     """Move the `champion` alias to VERSION; refuses a worse version unless --force."""
-    from paperops.tracking.registry import promote
+    from paperops.tracking.promotion import promote
 
     cfg = _logger_cfg(overrides)
     try:
         decision = promote(cfg, version, force=force, name=name)
+    except _errors() as e:
+        raise fail(str(e)) from None
+    typer.echo(decision.reason)
+
+
+def _champion_move(row: dict[str, Any]) -> str:
+    before = row.get("previous_champion")
+    after = row.get("new_champion")
+    if not row.get("promoted"):
+        return f"v{before} (kept)" if before else "- (kept)"
+    return f"{'v' + str(before) if before else '-'} -> v{after}"
+
+
+def render_history(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of decisions, newest first; the reason is the last, unpadded column."""
+    headers = ["when", "who", "action", "version", "champion", "reason"]
+    lines = [
+        [
+            str(r.get("at") or "").replace("T", " ")[:19],
+            str(r.get("who") or ""),
+            str(r.get("action") or ""),
+            f"v{r.get('version')}",
+            _champion_move(r),
+            str(r.get("reason") or ""),
+        ]
+        for r in rows
+    ]
+    widths = [max(len(x) for x in col) for col in zip(headers, *lines, strict=True)]
+
+    def fmt(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return "\n".join([fmt(headers), *(fmt(line) for line in lines)])
+
+
+@models_app.command("history")
+def history_cmd(
+    overrides: Overrides = None,
+    name: NameOption = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Show only the newest K decisions.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every champion decision, newest first: who, when, what moved, and why (losers too)."""
+    from paperops.tracking.history import history
+
+    cfg = _logger_cfg(overrides)
+    try:
+        rows = history(cfg, name, limit)
+    except _errors() as e:
+        raise fail(str(e)) from None
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        typer.echo("no promotion history recorded yet")
+    else:
+        typer.echo(render_history(rows))
+
+
+@models_app.command("rollback")
+def rollback_cmd(
+    overrides: Overrides = None,
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="The version to restore (default: the previous champion)."),
+    ] = None,
+    name: NameOption = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why, recorded in the history.")
+    ] = None,
+) -> None:
+    """Move `champion` back to the previous champion (or --to VERSION), whatever the scores."""
+    from paperops.tracking.promotion import rollback
+
+    cfg = _logger_cfg(overrides)
+    try:
+        decision = rollback(cfg, to, name=name, reason=reason)
     except _errors() as e:
         raise fail(str(e)) from None
     typer.echo(decision.reason)

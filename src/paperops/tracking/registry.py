@@ -8,8 +8,21 @@ macro-F1, or lower perplexity for `paperops-generator`). A manual `promote` refu
 version unless forced. Registration is all-or-nothing: if tagging or the alias move fails, the
 new version is deleted again, so the registry never holds a half-registered model.
 
-Check-then-set of the alias is not atomic: two trainings finishing at the same instant against
-one shared store could both see the same old champion. Runs are minutes apart in practice.
+This module is the reading side (list, show, download) and the vocabulary the writers share; the
+writing side lives in `promotion` (register, promote, rollback), which decides under the
+`promotion_lock` and records every decision in `history`.
+
+Why the lock is a registered model: the one write that every MLflow store (SQLite, PostgreSQL,
+MySQL, a remote `mlflow server` over REST) makes atomic is creating a registered model, because
+its name is unique; the loser gets RESOURCE_ALREADY_EXISTS. So `<name>.promotion-lock` is
+created to enter and deleted to leave, and re-reading the champion, comparing and moving the
+alias all happen inside it. Measured on one SQLite store with two processes registering 0.70
+and 0.80 at the same instant against a 0.60 champion (the race in
+tests/unit/tracking/test_promotion.py, 2-core machine): without the lock 8 of 10 runs went wrong
+(both compared with the old champion and were promoted; the last alias write won, the worse
+model in 5 of them), 5 of 5 with 0.5 s spent in the gate; with it 0 of 10 and 0 of 5, the second
+process waiting 0.25 s on average (0.66 s with the 0.5 s gate) and judged against the first's
+result.
 """
 
 from __future__ import annotations
@@ -18,7 +31,6 @@ import logging
 import math
 import shutil
 import tempfile
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +47,8 @@ DEFAULT_METRIC = "val_macro_f1"
 METRIC_TAG, SCORE_TAG, DIRECTION_TAG = "metric", "score", "higher_is_better"
 LEVEL_TAG = "label_level"  # archive | category: never compared across
 PROVENANCE_TAGS = ("family", "data_hash", "git_sha", "git_dirty", "paperops_version")
+# `<name>.promotion-lock` is the registered model that serialises champion decisions
+LOCK_SUFFIX = ".promotion-lock"
 
 
 class RegistryError(RuntimeError):
@@ -58,8 +72,20 @@ class Decision:
         return asdict(self)
 
 
+def is_lock_name(name: str) -> bool:
+    """True for the registered models that hold a promotion lock (never a real model)."""
+    return LOCK_SUFFIX in name
+
+
 def model_name(logger_cfg: Any, name: str | None = None) -> str:
-    return str(name or cfg_value(logger_cfg, "registered_model", DEFAULT_NAME))
+    """The registered model to use: `name`, else `logger.registered_model`; never a lock."""
+    out = str(name or cfg_value(logger_cfg, "registered_model", DEFAULT_NAME))
+    if is_lock_name(out):
+        raise RegistryError(
+            f"{out!r} is a promotion lock, not a model: names containing {LOCK_SUFFIX!r} are "
+            "reserved for paperops' promotion lock"
+        )
+    return out
 
 
 def _is_not_found(e: Exception) -> bool:
@@ -296,206 +322,3 @@ def download_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final / rel
-
-
-# --- writing the registry ----------------------------------------------------------------------
-
-
-def _ensure_registered_model(client: Any, name: str) -> bool:
-    """Create the registered model if missing; True when this call created it."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.create_registered_model(name)
-        return True
-    except MlflowException as e:
-        if getattr(e, "error_code", "") in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-            return False
-        raise
-
-
-def _logged_model_id(model_uri: str) -> str | None:
-    """`models:/m-<id>` (what MLflow 3's log_model returns) -> `m-<id>`; registry URIs -> None."""
-    prefix = "models:/"
-    if model_uri.startswith(prefix):
-        rest = model_uri[len(prefix) :]
-        if rest and "/" not in rest and "@" not in rest:
-            return rest
-    return None
-
-
-def register_candidate(
-    logger_cfg: Any,
-    *,
-    run_id: str,
-    model_uri: str,
-    score: float,
-    metric: str = DEFAULT_METRIC,
-    higher_is_better: bool = True,
-    tags: Mapping[str, Any] = (),  # type: ignore[assignment]
-    name: str | None = None,
-) -> Decision:
-    """Register `model_uri` as a new version and move `champion` to it only if it is better.
-
-    No champion yet -> the candidate becomes champion. A champion judged on another metric is
-    compared through its run's value of `metric`; without one, the candidate is not promoted
-    (promote it by hand with `paperops models promote VERSION --force`).
-    """
-    score = _check_score(score)
-    setup_mlflow(logger_cfg)
-    client, name = client_for(logger_cfg), model_name(logger_cfg, name)
-    run_tags = client.get_run(run_id).data.tags  # fails before anything is written
-    created_model = _ensure_registered_model(client, name)
-    champion = None if created_model else _champion(client, name)
-
-    version_tags = {k: run_tags[k] for k in PROVENANCE_TAGS if k in run_tags}
-    version_tags |= {str(k): str(v) for k, v in dict(tags).items()}
-    version_tags |= {  # last: extra tags cannot overwrite what the gate compares
-        METRIC_TAG: metric,
-        SCORE_TAG: repr(score),
-        DIRECTION_TAG: str(higher_is_better).lower(),
-        "run_id": run_id,
-    }
-
-    mv = client.create_model_version(
-        name, source=model_uri, run_id=run_id, model_id=_logged_model_id(model_uri)
-    )
-    version = str(mv.version)
-    try:
-        for key, value in version_tags.items():
-            client.set_model_version_tag(name, version, key, value)
-        level = version_tags.get(LEVEL_TAG)
-        decision = _gate(client, name, version, score, metric, higher_is_better, champion, level)
-        client.update_model_version(name, version, description=decision.reason)
-        if decision.promoted:
-            client.set_registered_model_alias(name, CHAMPION, version)
-    except BaseException:
-        log.error("registering %s version %s failed; deleting that version", name, version)
-        try:
-            client.delete_model_version(name, version)  # also drops an alias pointing at it
-            if champion is not None and _champion(client, name) is None:
-                client.set_registered_model_alias(name, CHAMPION, str(champion.version))
-            elif created_model and not _versions(client, name):
-                client.delete_registered_model(name)
-        except Exception:
-            log.exception(
-                "could not delete %s version %s after a failed registration", name, version
-            )
-        raise
-    log.info("%s", decision.reason)
-    return decision
-
-
-def _gate(
-    client: Any,
-    name: str,
-    version: str,
-    score: float,
-    metric: str,
-    higher_is_better: bool,
-    champion: Any | None,
-    level: str | None = None,
-) -> Decision:
-    """Promote only a strictly better score on the same metric, and never across label levels:
-    an archive model's macro-F1 over ~16 archives and a category model's over ~60 categories are
-    not comparable, and a server asking for one name's champion must get the task it expects
-    (each level keeps its own registered model; `experiment=category` registers as
-    paperops-category-classifier)."""
-    direction = "higher" if higher_is_better else "lower"
-    theirs = None if champion is None else (champion.tags or {}).get(LEVEL_TAG)
-    if champion is not None and level is not None and theirs not in (None, level):
-        reason = (
-            f"v{version} is a {level}-level model but champion v{champion.version} of {name} "
-            f"is {theirs}-level: not compared, champion stays v{champion.version}; register "
-            f"{level}-level models under their own name (logger.registered_model=...)"
-        )
-        return Decision(name, version, False, reason, score, None, str(champion.version), metric)
-    if champion is None:
-        return Decision(
-            name,
-            version,
-            True,
-            f"no champion yet: v{version} becomes champion with {metric}={_fmt(score)}",
-            score,
-            None,
-            None,
-            metric,
-        )
-    before = str(champion.version)
-    champ_score = _score_of(client, champion, metric)
-    if champ_score is None:
-        reason = (
-            f"v{version} {metric}={_fmt(score)} not promoted: champion v{before} has no "
-            f"{metric} score to compare with; promote by hand with "
-            f"`paperops models promote {version} --force`"
-        )
-        return Decision(name, version, False, reason, score, None, before, metric)
-    if is_better(score, champ_score, higher_is_better):
-        reason = (
-            f"v{version} {metric}={_fmt(score)} beats champion v{before} "
-            f"{metric}={_fmt(champ_score)} ({direction} is better): champion -> v{version}"
-        )
-        return Decision(name, version, True, reason, score, champ_score, before, metric)
-    reason = (
-        f"v{version} {metric}={_fmt(score)} does not beat champion v{before} "
-        f"{metric}={_fmt(champ_score)} ({direction} is better, ties keep the champion): "
-        f"champion stays v{before}"
-    )
-    return Decision(name, version, False, reason, score, champ_score, before, metric)
-
-
-def promote(
-    logger_cfg: Any, version: str | int, *, force: bool = False, name: str | None = None
-) -> Decision:
-    """Point `champion` at `version` by hand; a version worse than the champion needs force.
-
-    Equal scores are allowed (a manual choice between equals is the user's call); a version
-    whose score cannot be compared with the champion's also needs force.
-    """
-    _open_existing(logger_cfg)
-    client, name = client_for(logger_cfg), model_name(logger_cfg, name)
-    mv = _resolve(client, name, version, logger_cfg)
-    version = str(mv.version)
-    tags = mv.tags or {}
-    metric = tags.get(METRIC_TAG, DEFAULT_METRIC)
-    higher = tags.get(DIRECTION_TAG, "true") != "false"
-    cand = _score_of(client, mv, metric)
-    champion = _champion(client, name)
-    before = str(champion.version) if champion is not None else None
-    if champion is not None and before == version:
-        reason = f"v{version} is already the champion ({metric}={_fmt(cand)})"
-        return Decision(name, version, False, reason, cand, cand, before, metric)
-    champ = _score_of(client, champion, metric) if champion is not None else None
-
-    if champion is None:
-        reason = f"no champion yet: v{version} becomes champion ({metric}={_fmt(cand)})"
-    elif cand is None or champ is None:
-        if not force:
-            raise RegistryError(
-                f"cannot compare v{version} ({metric}={_fmt(cand)}) with champion v{before} "
-                f"({metric}={_fmt(champ)}); pass --force to promote it anyway"
-            )
-        reason = f"forced: v{version} ({metric}={_fmt(cand)}) replaces champion v{before}"
-    elif is_better(champ, cand, higher):
-        direction = "higher" if higher else "lower"
-        if not force:
-            raise RegistryError(
-                f"refusing to promote v{version}: {metric}={_fmt(cand)} is worse than champion "
-                f"v{before} {metric}={_fmt(champ)} ({direction} is better); "
-                "pass --force to promote it anyway"
-            )
-        reason = (
-            f"forced: v{version} {metric}={_fmt(cand)} replaces better champion v{before} "
-            f"{metric}={_fmt(champ)}"
-        )
-    else:
-        reason = (
-            f"v{version} {metric}={_fmt(cand)} is at least as good as champion v{before} "
-            f"{metric}={_fmt(champ)}: champion -> v{version}"
-        )
-    client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(
-        name, version, "promoted_by", "manual" + (" (forced)" if force else "")
-    )
-    log.info("%s", reason)
-    return Decision(name, version, True, reason, cand, champ, before, metric)

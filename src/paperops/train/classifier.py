@@ -31,7 +31,7 @@ from paperops.models.base import (
     family_class,
 )
 from paperops.models.process import seed_everything
-from paperops.tracking import registry
+from paperops.tracking import promotion
 from paperops.tracking import runs as tracking
 from paperops.train.common import TrainResult, _plain, is_global_rank_zero, run_info, tracked_run
 from paperops.uncertainty.calibration import fit_calibration
@@ -124,7 +124,7 @@ def _track_and_register(
     model_uri = tracking.log_model_bundle(run, bundle_dir)
     if not register:
         return None
-    decision = registry.register_candidate(
+    decision = promotion.register_candidate(
         cfg.logger,
         run_id=run.run_id,
         model_uri=model_uri,

@@ -23,7 +23,7 @@ from paperops.models.base import TRAINING_FILE
 from paperops.models.lm import FAMILY, CausalLM, pretrained_tokenizer, train_tokenizer
 from paperops.models.lm_module import LMConfig
 from paperops.models.process import seed_everything
-from paperops.tracking import registry
+from paperops.tracking import promotion
 from paperops.tracking import runs as tracking
 from paperops.train.common import TrainResult, _plain, is_global_rank_zero, run_info, tracked_run
 
@@ -136,7 +136,7 @@ def _track_and_register(
     model_uri = tracking.log_model_bundle(run, bundle_dir)
     if not bool(cfg.train.register):
         return None
-    decision = registry.register_candidate(
+    decision = promotion.register_candidate(
         cfg.logger,
         run_id=run.run_id,
         model_uri=model_uri,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from pathlib import Path
@@ -14,69 +13,17 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from paperops.cli.models import models_app
-from paperops.data.datamodule import load_splits_for_model
 from paperops.models.base import load_classifier
-from paperops.models.tfidf import TfidfClassifier, TfidfConfig
+from paperops.tracking.promotion import promote
 from paperops.tracking.registry import (
     CHAMPION,
     RegistryError,
     download_bundle,
     list_versions,
-    promote,
-    register_candidate,
     show,
 )
-from paperops.tracking.runs import log_model_bundle, resolve_tracking_uri, setup_mlflow, start_run
-
-CONFIG = {"seed": 42, "model": {"family": "tfidf", "min_df": 1}}
-_names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("registry")
-    cfg = {
-        "tracking_uri": f"sqlite:///{root}/mlruns/mlflow.db",
-        "artifact_location": str(root / "mlruns" / "artifacts"),
-        "experiment_name": "paperops-test",
-        "registered_model": "paperops-classifier",
-        "wandb": None,
-    }
-    setup_mlflow(cfg)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def bundle(_prepared_once: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    splits, labels = load_splits_for_model(_prepared_once, ["train"])
-    tr = splits["train"]
-    model = TfidfClassifier(labels, TfidfConfig(min_df=1)).fit(tr.texts, [labels[i] for i in tr.y])
-    return model.save(tmp_path_factory.mktemp("bundle") / "tfidf")
-
-
-@pytest.fixture(scope="module")
-def logged(store, bundle: Path, _prepared_once: Path) -> tuple[str, str]:
-    """One logged model (run id, model URI); candidates below register it with different scores."""
-    with start_run(store, run_name="tfidf", config=CONFIG, data_dir=_prepared_once) as run:
-        run.log_metrics({"val_macro_f1": 0.8, "val_accuracy": 0.85})
-        uri = log_model_bundle(run, bundle)
-    return run.run_id, uri
-
-
-@pytest.fixture
-def name() -> str:
-    """A fresh registered model per test, so tests share the store but not the champion."""
-    return f"test-model-{next(_names)}"
-
-
-def candidate(store, logged, name: str, score: float, **kw: Any):
-    run_id, uri = logged
-    return register_candidate(store, run_id=run_id, model_uri=uri, score=score, name=name, **kw)
-
-
-def champion_version(store, name: str) -> str:
-    uri = resolve_tracking_uri(store["tracking_uri"])
-    return str(MlflowClient(uri, uri).get_model_version_by_alias(name, CHAMPION).version)
+from paperops.tracking.runs import resolve_tracking_uri
+from tests.unit.tracking.conftest import candidate, champion_version
 
 
 def test_first_candidate_becomes_champion_with_provenance_tags(store, logged, name) -> None:
@@ -232,23 +179,6 @@ def test_missing_registry_or_champion_says_to_train(store, name, tmp_path: Path)
 
 
 # --- CLI -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli(store) -> Any:
-    app = typer.Typer()
-    app.add_typer(models_app, name="models")
-    overrides = [
-        f"logger.tracking_uri={store['tracking_uri']}",
-        f"logger.artifact_location={store['artifact_location']}",
-        f"logger.experiment_name={store['experiment_name']}",
-    ]
-    runner = CliRunner()
-
-    def invoke(*args: str) -> Any:
-        return runner.invoke(app, ["models", *args, *overrides])
-
-    return invoke
 
 
 def test_cli_list_show_promote(cli, store, logged, name) -> None:
