@@ -30,11 +30,11 @@ $(STAMP): pyproject.toml requirements/*.txt
 
 install: $(STAMP)  ## create .venv and install paperops with all extras
 
-# Debian packages the tests drive for real: Chromium (web page test), prometheus (promtool checks
-# and rule tests), postgresql (the live shared-store tests start a throwaway cluster with its
-# initdb/pg_ctl, which Debian keeps off PATH in /usr/lib/postgresql/<major>/bin). Installed only
-# when missing.
-SYSDEPS := chromium prometheus
+# Debian packages the tests drive for real: Chromium (web page and offline docs tests), prometheus
+# (promtool checks and rule tests), npm (fetches the docs' pinned mermaid script), postgresql (the
+# live shared-store tests start a throwaway cluster with its initdb/pg_ctl, which Debian keeps off
+# PATH in /usr/lib/postgresql/<major>/bin). Installed only when missing.
+SYSDEPS := chromium prometheus npm
 APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 sysdeps:  ## install the Debian packages the tests need (when missing)
 	@missing=""; for p in $(SYSDEPS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
@@ -88,8 +88,11 @@ format: $(STAMP)  ## apply ruff fixes and formatting
 bench: $(STAMP)  ## run the benchmarks and rewrite docs/benchmarks.md
 	$(BIN)/python benchmarks/run.py
 
-docs: $(STAMP)  ## build the docs site into site/ (reference pages regenerated first)
+# The mermaid script comes from the npm registry once (pinned, integrity-checked, cached in
+# .cache/mermaid/), so the site's diagrams render offline; without npm this stops with the reason.
+docs: $(STAMP)  ## build the docs site into site/ (reference pages regenerated, mermaid vendored)
 	$(BIN)/python scripts/gen_docs.py
+	$(BIN)/python scripts/vendor_mermaid.py
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
 clean:  ## remove generated outputs (keeps .venv)
