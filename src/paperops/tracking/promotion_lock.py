@@ -8,8 +8,9 @@ store behind REST). So the lock is the registered model `<name>.promotion-lock`:
 deleted to leave. Its tags say who holds it and until when; a holder that died leaves a lock
 whose `expires_at` has passed, and the next waiter breaks it. Breaking is itself serialised by
 another unique name, `<lock>.break-<token>`, so two waiters never both break the same lock and
-delete the one a third process just took. SQLite's "database is locked" is retried like a held
-lock. The paperops commands never show these models (`registry.is_lock_name`).
+delete the one a third process just took (a waiter that dies in the milliseconds of breaking
+leaves both behind; the timeout error says what to delete). SQLite's "database is locked" is
+retried like a held lock. The paperops commands never show these models (`registry.is_lock_name`).
 
 May import: tracking.registry (names, RegistryError) and the standard library; mlflow inside
 functions.
@@ -41,6 +42,7 @@ DESCRIPTION = (
     "paperops promotion lock: held while the champion of {name} is decided (seconds). "
     "Safe to delete if no `paperops train` / `models promote` / `models rollback` is running."
 )
+_JITTER = random.SystemRandom()  # waiters that started together must not poll in step
 _RETRYABLE = ("TEMPORARILY_UNAVAILABLE", "RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
 
@@ -197,7 +199,7 @@ def acquire(
         if left <= 0:
             raise RegistryError(_timeout_message(name, timeout, holder))
         if not broke:
-            time.sleep(min(left, poll * random.uniform(0.5, 1.5)))  # noqa: S311 (jitter)
+            time.sleep(min(left, poll * _JITTER.uniform(0.5, 1.5)))
 
 
 def release(client: Any, name: str, me: Holder) -> None:
@@ -247,6 +249,6 @@ def _timeout_message(name: str, timeout: float, holder: Holder | None) -> str:
         f"timed out after {timeout:g} s waiting for the promotion lock {lock!r}: {who}. "
         "Another registration or promotion of this model is running; retry when it is done. "
         "If none is (its holder died), the lock is broken automatically once it expires; to "
-        f"clear it now, delete the registered model {lock!r} (MLflow UI, or "
-        f"`MlflowClient().delete_registered_model({lock!r})`)"
+        f"clear it now, delete the registered model {lock!r} and any {lock + '.break-*'!r} "
+        f"(MLflow UI, or `MlflowClient().delete_registered_model({lock!r})`)"
     )
