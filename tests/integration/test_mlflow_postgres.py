@@ -145,15 +145,29 @@ def test_train_evaluate_promote_serve_through_a_tracking_server(
     )
     assert any(report_dir.iterdir())
 
-    papers = [
-        {"title": r["title"], "abstract": r["abstract"]} for r in make_records(DEFAULT_COUNTS)
-    ]
+    records = make_records(DEFAULT_COUNTS)[:3]
+    papers = [{"title": r["title"], "abstract": r["abstract"]} for r in records]
     with serve_cli(tmp_path / "serve", "--ref", "champion", env=env) as api:
         r = httpx.post(api + "/v1/classify", json={"papers": papers}, timeout=30)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"]["name"] == NAME and body["model"]["version"] == other
     assert len(body["results"]) == 3
+
+    # the audit trail lives on the server too: both gate decisions and the manual promotion,
+    # newest first; a rollback restores the gate's champion and records itself
+    hist = json.loads(_paperops(client_dir, env, "models", "history", "--json"))
+    assert [h["action"] for h in hist] == ["force" if hist[0]["action"] == "force" else "promote",
+                                          "register", "register"]  # fmt: skip
+    assert hist[0]["new_champion"] == other and hist[0]["previous_champion"] == champion
+    _paperops(client_dir, env, "models", "rollback", "--reason", "live test")
+    assert mc.get_model_version_by_alias(NAME, "champion").version == champion
+    hist = json.loads(_paperops(client_dir, env, "models", "history", "--json", "--limit", "1"))
+    assert hist[0]["action"] == "rollback" and hist[0]["new_champion"] == champion
+    tags = query(
+        store, "SELECT count(*) FROM registered_model_tags WHERE key LIKE 'paperops.history.%'"
+    )
+    assert tags == [(4,)]
 
     # artifacts went through the server into its artifact root; nothing local on the client
     stored = [p for p in artifacts.rglob("*") if p.is_file()]
