@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"inference"},
     {"models"},
     {"uncertainty", "data", "requestlog"},
-    {"config", "io", "log", ""},  # "" is paperops/__init__.py (the version)
+    {"config", "io", "log", "dburl", ""},  # "" is paperops/__init__.py (the version)
 ]
 LAYER_OF = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
 

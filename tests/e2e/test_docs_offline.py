@@ -13,7 +13,6 @@ as in test_web.py.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -23,11 +22,10 @@ from typing import Any
 import pytest
 
 from tests.docs_site import ROOT, build_site
+from tests.e2e.conftest import TIMEOUT_MS
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = os.environ.get("PAPEROPS_CHROMIUM", "/usr/bin/chromium")
-TIMEOUT_MS = 30_000
 SCRIPT = "mermaid.min.js"
 DIAGRAMS = len(re.findall(r"^```mermaid$", (ROOT / "docs" / "architecture.md").read_text(), re.M))
 # one node label from each diagram of docs/architecture.md, in page order
@@ -56,18 +54,6 @@ SVGS = """
 """
 
 
-def _chromium() -> str:
-    path = shutil.which(CHROMIUM) or CHROMIUM
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(
-            f"Chromium not found at {CHROMIUM}: the offline docs test drives a real headless "
-            "Chromium. `make test` installs it (Debian package `chromium`); or set "
-            "PAPEROPS_CHROMIUM=/path/to/chromium.",
-            pytrace=False,
-        )
-    return path
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_site(tmp_path_factory.mktemp("docs") / "site")
@@ -79,19 +65,6 @@ def site_without_mermaid(site: Path, tmp_path_factory: pytest.TempPathFactory) -
     dest = tmp_path_factory.mktemp("docs_bare") / "site"
     shutil.copytree(site, dest, ignore=lambda _d, names: [n for n in names if n == SCRIPT])
     return dest
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = _chromium()
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as e:  # pragma: no cover - the dev extra has it
-        pytest.fail(f"playwright is not installed ({e}): `make test` installs the dev extra")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 @pytest.fixture

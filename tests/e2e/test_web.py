@@ -7,7 +7,6 @@ Chrome binary). Playwright drives it; `playwright install` is never needed.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,25 +16,12 @@ import httpx
 import pytest
 
 from tests.conftest import DEFAULT_COUNTS, make_records
+from tests.e2e.conftest import TIMEOUT_MS
 from tests.integration.serve_helpers import serve_cli
 
 pytestmark = pytest.mark.integration
 
 STATIC = Path(__file__).resolve().parents[2] / "src" / "paperops" / "serve" / "static"
-CHROMIUM = os.environ.get("PAPEROPS_CHROMIUM", "/usr/bin/chromium")
-TIMEOUT_MS = 30_000
-
-
-def _chromium() -> str:
-    path = shutil.which(CHROMIUM) or CHROMIUM
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(
-            f"Chromium not found at {CHROMIUM}: the web page test drives a real headless "
-            "Chromium. `make test` installs it (Debian package `chromium`); or run "
-            "`apt-get install -y chromium`, or set PAPEROPS_CHROMIUM=/path/to/chromium.",
-            pytrace=False,
-        )
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +32,6 @@ def server(tfidf_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     model = Path(shutil.copytree(tfidf_bundle, base / "model"))
     with serve_cli(base, "--model", str(model)) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = _chromium()
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as e:  # pragma: no cover - the dev extra has it
-        pytest.fail(f"playwright is not installed ({e}): `make test` installs the dev extra")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 @pytest.fixture

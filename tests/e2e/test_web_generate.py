@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_web import STATIC, TIMEOUT_MS, browser  # noqa: F401 - a shared fixture
+from tests.e2e.conftest import TIMEOUT_MS
+from tests.e2e.test_web import STATIC
 from tests.integration.serve_helpers import serve_cli
 
 pytestmark = pytest.mark.integration
@@ -66,7 +67,7 @@ def server_without_lm(
         yield url
 
 
-def open_page(browser: Any, url: str) -> Any:  # noqa: F811 - the fixture, passed in
+def open_page(browser: Any, url: str) -> Any:
     """A fresh page on `/`, Generate tab selected once the model details arrived; page errors
     and console errors are collected in `page.errors`."""
     context = browser.new_context(viewport={"width": 1100, "height": 900})
@@ -91,7 +92,7 @@ def open_page(browser: Any, url: str) -> Any:  # noqa: F811 - the fixture, passe
 
 
 @pytest.fixture
-def page(browser: Any, server: str) -> Iterator[Any]:  # noqa: F811
+def page(browser: Any, server: str) -> Iterator[Any]:
     pg = open_page(browser, server)
     yield pg
     pg.context.close()
@@ -269,7 +270,7 @@ def test_the_classify_tab_still_works(page: Any) -> None:
     assert page.errors == []
 
 
-def test_without_a_language_model_the_tab_says_so(browser: Any, server_without_lm: str) -> None:  # noqa: F811
+def test_without_a_language_model_the_tab_says_so(browser: Any, server_without_lm: str) -> None:
     assert httpx.get(server_without_lm + "/v1/model", timeout=10).json()["generator"] is None
     pg = open_page(browser, server_without_lm)
     try:

@@ -33,11 +33,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
+from paperops.dburl import safe_url as _safe_url
+from paperops.dburl import server_engine_kwargs
+
 log = logging.getLogger(__name__)
 
 
 DEFAULT_BUSY_TIMEOUT_MS = 5_000
-DEFAULT_CONNECT_TIMEOUT_S = 5  # a server that does not answer fails a connect after this, not never
 
 
 metadata = sa.MetaData()
@@ -233,14 +235,6 @@ def _short(error: BaseException) -> str:
     return f"{type(inner).__name__}: {inner}"
 
 
-def _safe_url(url: str) -> str:
-    try:
-        parsed = make_url(url)
-        return url if parsed.password is None else parsed.render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable URL>"
-
-
 def _sqlite_path(url: URL) -> Path | None:
     """The file behind a SQLite URL (None for in-memory databases)."""
     db = url.database
@@ -266,24 +260,7 @@ def make_engine(url: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> 
     (safe with WAL, far fewer fsyncs) and a busy timeout on every new connection."""
     try:
         parsed = make_url(url)
-        kwargs: dict[str, Any] = {}
-        if parsed.get_backend_name() != "sqlite":
-            # a server restart leaves dead pooled connections: test each one before use
-            kwargs["pool_pre_ping"] = True
-            if parsed.get_backend_name() == "postgresql":
-                # libpq settings the URL does not set: a bounded connect, and TCP keepalives plus
-                # a user timeout so a vanished host fails a connection in ~30 s, not hours
-                defaults = {
-                    "connect_timeout": DEFAULT_CONNECT_TIMEOUT_S,
-                    "keepalives": 1,
-                    "keepalives_idle": 10,
-                    "keepalives_interval": 5,
-                    "keepalives_count": 3,
-                    "tcp_user_timeout": 30_000,
-                }
-                kwargs["connect_args"] = {
-                    k: v for k, v in defaults.items() if k not in parsed.query
-                }
+        kwargs = server_engine_kwargs(parsed)  # pre-ping; bounded connect, keepalives
         engine = sa.create_engine(parsed, **kwargs)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ValueError) as e:
         raise ValueError(

@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from paperops.config import load_config
+from paperops.dburl import safe_url
 from paperops.io import atomic_write_text
 from paperops.models.base import SKLEARN_FAMILIES
 from paperops.train import train
@@ -30,7 +31,6 @@ from paperops.train.sweep_study import (
     SweepStorageError,
     open_study,
     run_trials,
-    safe_url,
 )
 
 log = logging.getLogger(__name__)

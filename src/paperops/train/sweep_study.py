@@ -31,7 +31,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
-DEFAULT_CONNECT_TIMEOUT_S = 10
+from paperops.dburl import safe_url
+from paperops.dburl import server_engine_kwargs as engine_kwargs
+
 SCHEMA_LOCK_KEY = 0x70617065  # one advisory lock per database: Optuna schema + study creation
 SCHEMA_LOCK_WAIT_S = 120.0
 URL_EXAMPLE = "sqlite:///optuna/optuna.db or postgresql+psycopg://user:pass@host:5432/optuna"
@@ -75,14 +77,6 @@ class Heartbeat:
         return hb
 
 
-def safe_url(url: str) -> str:
-    """The URL with its password masked, for messages and logs."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable URL>"
-
-
 def storage_url(url: str) -> URL:
     """The parsed URL; a bare `postgresql://` gets psycopg (v3), the driver paperops installs
     (SQLAlchemy before 2.1 would otherwise look for psycopg2)."""
@@ -95,27 +89,6 @@ def storage_url(url: str) -> URL:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
-
-
-def engine_kwargs(url: URL) -> dict[str, Any]:
-    """Connection settings for a server database: test pooled connections before use (a worker
-    outlives a database restart between trials), and on PostgreSQL a bounded connect and TCP
-    keepalives so a vanished host fails a connection in ~30 s, not hours. The URL's own query
-    parameters win."""
-    if url.get_backend_name() == "sqlite":
-        return {}
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.get_backend_name() == "postgresql":
-        defaults = {
-            "connect_timeout": DEFAULT_CONNECT_TIMEOUT_S,
-            "keepalives": 1,
-            "keepalives_idle": 10,
-            "keepalives_interval": 5,
-            "keepalives_count": 3,
-            "tcp_user_timeout": 30_000,
-        }
-        kwargs["connect_args"] = {k: v for k, v in defaults.items() if k not in url.query}
-    return kwargs
 
 
 def _reason(error: BaseException) -> str:
@@ -140,7 +113,7 @@ def _schema_lock(url: URL, kwargs: dict[str, Any]) -> Iterator[None]:
             while not conn.execute(take).scalar():
                 if time.monotonic() > deadline:
                     raise SweepStorageError(
-                        f"Optuna storage {safe_url(url.render_as_string(False))}: another worker "
+                        f"Optuna storage {safe_url(url)}: another worker "
                         f"held the schema lock for {SCHEMA_LOCK_WAIT_S:.0f} s"
                     )
                 time.sleep(0.1)
@@ -197,7 +170,7 @@ def open_study(
     import optuna
 
     url = storage_url(url_text)
-    shown = safe_url(url.render_as_string(hide_password=False))
+    shown = safe_url(url)
     try:
         with _schema_lock(url, engine_kwargs(url)):
             storage = _make_storage(url, heartbeat)

@@ -1,10 +1,11 @@
-"""Fixtures for the registry tests: one real SQLite MLflow store per module, one logged model
-whose run candidates are registered from, a fresh registered-model name per test, and the
-`paperops models` CLI bound to the store. Helpers are imported by the test modules."""
+"""Fixtures for the tracking tests: one real SQLite MLflow store per module, a tiny bundle, one
+logged model whose run candidates are registered from, a fresh registered-model name per test,
+and the `paperops models` CLI bound to the store. Helpers are imported by the test modules."""
 
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +25,39 @@ CONFIG = {"seed": 42, "model": {"family": "tfidf", "min_df": 1}}
 _names = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("registry")
-    cfg = {
+def logger_cfg(root: Path, **extra: Any) -> dict[str, Any]:
+    """A logger config whose SQLite store and artifacts live under `root`."""
+    return {
+        "name": "mlflow",
         "tracking_uri": f"sqlite:///{root}/mlruns/mlflow.db",
         "artifact_location": str(root / "mlruns" / "artifacts"),
         "experiment_name": "paperops-test",
         "registered_model": "paperops-classifier",
         "wandb": None,
+        **extra,
     }
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One store per module: creating MLflow's SQLite schema costs seconds."""
+    cfg = logger_cfg(tmp_path_factory.mktemp("tracking"))
     setup_mlflow(cfg)
     return cfg
 
 
 @pytest.fixture(scope="module")
 def bundle(_prepared_once: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained tfidf bundle with a calibration.json (T=2)."""
     splits, labels = load_splits_for_model(_prepared_once, ["train"])
     tr = splits["train"]
-    model = TfidfClassifier(labels, TfidfConfig(min_df=1)).fit(tr.texts, [labels[i] for i in tr.y])
-    return model.save(tmp_path_factory.mktemp("bundle") / "tfidf")
+    model = TfidfClassifier(labels, TfidfConfig(min_df=1, classifier="logreg"))
+    model.fit(tr.texts, [labels[i] for i in tr.y])
+    out = model.save(tmp_path_factory.mktemp("bundle") / "tfidf")
+    (out / "calibration.json").write_text(
+        json.dumps({"temperature": {"kind": "temperature", "temperature": 2.0}, "conformal": {}})
+    )
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -14,57 +13,20 @@ import yaml
 from omegaconf import OmegaConf
 
 from paperops import __version__
-from paperops.data.datamodule import data_hash, load_splits_for_model
+from paperops.data.datamodule import data_hash
 from paperops.models.base import load_classifier
-from paperops.models.tfidf import TfidfClassifier, TfidfConfig
 from paperops.tracking.runs import (
     git_info,
     lightning_loggers,
     log_model_bundle,
     log_params_to_wandb,
     resolve_tracking_uri,
-    setup_mlflow,
     start_run,
 )
 from paperops.uncertainty.calibrate import softmax
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
-
-
-def logger_cfg(root: Path, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": "mlflow",
-        "tracking_uri": f"sqlite:///{root}/mlruns/mlflow.db",
-        "artifact_location": str(root / "mlruns" / "artifacts"),
-        "experiment_name": "paperops-test",
-        "registered_model": "paperops-classifier",
-        "wandb": None,
-        **extra,
-    }
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One store per module: creating MLflow's SQLite schema costs seconds."""
-    root = tmp_path_factory.mktemp("tracking")
-    cfg = logger_cfg(root)
-    setup_mlflow(cfg)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def bundle(_prepared_once: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny trained tfidf bundle with a calibration.json (T=2)."""
-    splits, labels = load_splits_for_model(_prepared_once, ["train"])
-    tr = splits["train"]
-    model = TfidfClassifier(labels, TfidfConfig(min_df=1, classifier="logreg"))
-    model.fit(tr.texts, [labels[i] for i in tr.y])
-    out = model.save(tmp_path_factory.mktemp("bundle") / "tfidf")
-    (out / "calibration.json").write_text(
-        json.dumps({"temperature": {"kind": "temperature", "temperature": 2.0}, "conformal": {}})
-    )
-    return out
 
 
 def client(cfg: dict[str, Any]) -> MlflowClient:

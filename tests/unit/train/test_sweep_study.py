@@ -87,10 +87,8 @@ def test_urls_and_connection_settings() -> None:
     assert kwargs["pool_pre_ping"] is True
     assert "connect_timeout" not in kwargs["connect_args"]  # the URL's own setting wins
     assert kwargs["connect_args"]["keepalives"] == 1
-    assert (
-        engine_kwargs(storage_url("postgresql+psycopg://u@db/o"))["connect_args"]["connect_timeout"]
-        == 10
-    )
+    pg = engine_kwargs(storage_url("postgresql+psycopg://u@db/o"))
+    assert pg["connect_args"]["connect_timeout"] == 5
     assert engine_kwargs(storage_url("sqlite:///x.db")) == {}
     assert safe_url("postgresql://u:secret@db/o") == "postgresql://u:***@db/o"
     with pytest.raises(SweepStorageError, match="not a database URL"):
