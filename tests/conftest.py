@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip as gzip_module
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -356,6 +357,21 @@ def _prepared_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def prepared_dir(_prepared_once: Path, tmp_path: Path) -> Path:
     """A fresh copy of a good prepared directory (DEFAULT_COUNTS, stratified, seed 42)."""
     return Path(shutil.copytree(_prepared_once, tmp_path / "processed"))
+
+
+@pytest.fixture(autouse=True)
+def _no_exported_tracking_uri() -> Iterator[None]:
+    """Each test starts without MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI (the default store of
+    every paperops config, configs/logger/mlflow.yaml) and leaves none behind: MLflow exports the
+    URI to os.environ whenever its fluent URI is set (Lightning's MLFlowLogger does), which made
+    a later test's `dvc repro` child register into an earlier test's store."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.pop(k, None) for k in keys}
+    yield
+    for key, value in saved.items():
+        os.environ.pop(key, None)
+        if value is not None:
+            os.environ[key] = value
 
 
 @pytest.fixture(autouse=True)

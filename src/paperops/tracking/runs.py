@@ -89,6 +89,24 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+def point_mlflow(uri: str) -> None:
+    """Set MLflow's fluent tracking and registry URI without exporting it. MLflow also writes
+    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into os.environ for child processes; since the
+    logger config defaults to MLFLOW_TRACKING_URI, that export would silently make one store
+    the default of every later config in this process and of every child it starts (seen: a
+    `dvc repro` child registering into another job's store)."""
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def setup_mlflow(logger_cfg: Any) -> str:
     """Point MLflow at the configured store and return the experiment id (created if missing).
 
@@ -97,15 +115,13 @@ def setup_mlflow(logger_cfg: Any) -> str:
     whatever the working directory of a later run.
     """
     quiet_mlflow()
-    import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(logger_cfg)
     if uri.startswith(SQLITE_PREFIX):
         Path(uri[len(SQLITE_PREFIX) :]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    point_mlflow(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = str(cfg_value(logger_cfg, "experiment_name", "paperops"))
     exp = client.get_experiment_by_name(name)
@@ -479,7 +495,7 @@ def log_model_bundle(
     elif active is None:
         # the run was closed already: reopen it just for the model, keeping its final status
         status = run.client.get_run(run.run_id).info.status
-        mlflow.set_tracking_uri(run.tracking_uri)
+        point_mlflow(run.tracking_uri)
         with mlflow.start_run(run_id=run.run_id):
             info = mlflow.pyfunc.log_model(**kwargs)
         run.client.set_terminated(run.run_id, status)

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from paperops.cli import app
 from paperops.models.lm import load_lm
+from paperops.tracking.runs import point_mlflow
 
 runner = CliRunner()
 SUBJECTS = ["fever", "rash", "cough", "headache", "back pain", "insomnia", "allergy", "flu"]
@@ -102,7 +103,7 @@ def test_train_register_gate_and_evaluate(lm_env: tuple[Path, list[str]]) -> Non
     assert "v2" in out and "does not beat champion v1" in out
 
     # the registered champion loads as an MLflow pyfunc (models-from-code) and generates
-    mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlruns/mlflow.db")
+    point_mlflow(f"sqlite:///{tmp}/mlruns/mlflow.db")  # without exporting it to os.environ
     model = mlflow.pyfunc.load_model("models:/paperops-generator@champion")
     import pandas as pd
 
