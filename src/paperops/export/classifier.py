@@ -68,6 +68,7 @@ from paperops.models.base import (
     load_classifier,
     read_meta,
 )
+from paperops.models.multilabel import HEAD_DIR, load_cross_lists
 from paperops.models.process import torch_threads
 from paperops.uncertainty.calibrate import softmax
 from paperops.uncertainty.calibration import finite_logits
@@ -145,6 +146,17 @@ def _probabilities(logits: np.ndarray, calibration: Any | None) -> np.ndarray:
 
 
 CONFIDENT_MARGIN = 0.05  # PyTorch's top-1 minus top-2 probability: "not a near-tie"
+
+
+def _head_parity(bundle_dir: Path, tmp: Path, texts: list[str], out_dir: Path) -> dict[str, Any]:
+    """The exported cross-list head must answer exactly as the bundle's (same files)."""
+    ref, got = load_cross_lists(bundle_dir), load_cross_lists(tmp)
+    if ref is None or got is None:
+        raise ExportError(f"{out_dir}: the cross-list head of {bundle_dir} was not copied")
+    diff = float(np.abs(ref.predict_proba(texts) - got.predict_proba(texts)).max())
+    if diff > 0:
+        raise ExportError(f"{out_dir}: the exported cross-list head differs by {diff:.3g}")
+    return {"n": len(texts), "max_abs_diff": diff, "labels": len(got.labels)}
 
 
 def _parity(
@@ -324,6 +336,8 @@ def export_bundle(
                 out_dir,
             )
             parity["texts"] = source
+        if (bundle_dir / HEAD_DIR).is_dir():  # the cross-list head travels as it is
+            parity["cross_lists"] = _head_parity(bundle_dir, tmp, parity_texts, out_dir)
         export_meta["parity"] = parity
         export_meta["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         export_meta["seconds"] = {k: round(v, 2) for k, v in timings.items()} | {

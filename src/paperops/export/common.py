@@ -23,7 +23,13 @@ from paperops.inference.onnx_classifier import (
     read_export_meta,
 )
 from paperops.io import atomic_write_text
-from paperops.models.base import CALIBRATION_FILE, META_FILE, ModelLoadError, read_meta
+from paperops.models.base import (
+    CALIBRATION_FILE,
+    CROSS_LISTS_DIR,
+    META_FILE,
+    ModelLoadError,
+    read_meta,
+)
 
 EXPORTERS = ("torchscript", "dynamo")
 
@@ -50,7 +56,9 @@ TOKENIZER_DIR = "tokenizer"
 TRAINING_FILE = "training.json"  # = paperops.train.TRAINING_FILE; serving need not import train
 
 
-COPIED_FILES = (META_FILE, CALIBRATION_FILE, TRAINING_FILE)
+# what every export keeps of its bundle (neural families: the rest is the ONNX graph); the
+# cross-list head directory (`models.multilabel`) travels as it is when the bundle has one
+COPIED_FILES = (META_FILE, CALIBRATION_FILE, TRAINING_FILE, CROSS_LISTS_DIR)
 
 
 class ExportError(RuntimeError):

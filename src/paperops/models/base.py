@@ -2,7 +2,8 @@
 
 A trained model is a *bundle*: a directory with `model.json` (family, labels, config, and
 what the family needs to rebuild itself) plus the family's weight files (skops or safetensors,
-never pickle), once calibrated `calibration.json`, and `training.json` from `paperops train`.
+never pickle), once calibrated `calibration.json`, and `training.json` from `paperops train`;
+optionally `crosslists/`, the cross-list head (`models.multilabel.load_cross_lists`).
 Evaluation, the registry and serving only ever call `load_classifier(dir)`, so a new family plugs
 in by adding one entry to `FAMILIES`.
 
@@ -26,6 +27,8 @@ from paperops.uncertainty.calibration import Calibration
 META_FILE = "model.json"
 CALIBRATION_FILE = "calibration.json"
 TRAINING_FILE = "training.json"
+# optional part: the cross-list head (`models.multilabel`), trained with train.cross_lists
+CROSS_LISTS_DIR = "crosslists"
 EXPORT_FILE = "export.json"  # marks an export directory (`paperops export`)
 # families whose export is an ONNX graph (encoder + head); tfidf and hybrid exports stay
 # scikit-learn (hybrid's bundle already holds its int8 encoder graph)

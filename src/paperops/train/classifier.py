@@ -30,10 +30,12 @@ from paperops.models.base import (
     Classifier,
     family_class,
 )
+from paperops.models.multilabel import HEAD_DIR
 from paperops.models.process import seed_everything
 from paperops.tracking import promotion
 from paperops.tracking import runs as tracking
 from paperops.train.common import TrainResult, _plain, is_global_rank_zero, run_info, tracked_run
+from paperops.train.crosslists import fit_for_bundle
 from paperops.uncertainty.calibration import fit_calibration
 
 log = logging.getLogger(__name__)
@@ -181,17 +183,30 @@ def train_classifier(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> 
         calibration = fit_calibration(
             model.logits(cal.texts), cal.y, EvalConfig.from_config(_plain(cfg.evaluate))
         )
+        data_meta = read_labels(processed)[1]
+        head, cross_lists = None, None
+        if (xl := _plain(tcfg.get("cross_lists"))) and xl.get("enabled"):
+            head, cross_lists = fit_for_bundle(
+                xl,
+                splits,
+                data_meta,
+                labels,
+                lambda t: [labels[i] for i in model.logits(t).argmax(1)],
+            )
         info = {
             **run_info(cfg, run, processed, seed=int(cfg.seed)),
-            "label_level": str(read_labels(processed)[1].get("label_level", "custom")),
+            "label_level": str(data_meta.get("label_level", "custom")),
             "max_rows": max_rows,
             "rows": {k: len(v) for k, v in splits.items()},
             "val_metrics": val_metrics,
             "train_seconds": train_seconds,
             "fit_summary": fit_summary,
+            **({"cross_lists": cross_lists} if cross_lists is not None else {}),
         }
         with atomic_dir(out_dir) as tmp:
             model.save(tmp)
+            if head is not None:  # an optional part: <bundle>/crosslists/ (load_cross_lists)
+                head.save(tmp / HEAD_DIR)
             atomic_write_text(tmp / CALIBRATION_FILE, json.dumps(calibration.to_dict(), indent=2))
             atomic_write_text(tmp / TRAINING_FILE, json.dumps(info, indent=2, default=str) + "\n")
         log.info("saved the bundle to %s", out_dir)
