@@ -63,9 +63,18 @@ def predict_cmd(
         bool | None,
         typer.Option("--progress/--no-progress", help="Progress bar (default: on a TTY)."),
     ] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain/--no-explain",
+            help="Add each paper's explanation (terms or sentences that pushed its label), as "
+            "the API's explain=true; serve.explain.methods/max_terms/max_sentences apply.",
+        ),
+    ] = False,
 ) -> None:
     """Score a JSON-lines file of papers offline through the serving runtime."""
     # deferred: pandas and pandera load in ~0.5 s; `paperops --help` and other commands skip it
+    from paperops.inference.explain import CannotExplain, make_explainer
     from paperops.models.base import ModelLoadError
     from paperops.serve.batch import ON_ERROR, BadLine, predict_file
     from paperops.serve.loader import resolve_predictor
@@ -88,6 +97,15 @@ def predict_cmd(
     except (ModelLoadError, FileNotFoundError, ValueError) as e:
         raise fail(str(e)) from None
     k = top_k if top_k is not None else settings.limits.default_top_k
+    explainer = None
+    if explain:
+        s = settings.explain
+        try:
+            explainer = make_explainer(
+                predictor, methods=s.methods, max_terms=s.max_terms, max_sentences=s.max_sentences
+            )
+        except CannotExplain as e:
+            raise fail(str(e)) from None
     try:
         summary = predict_file(
             predictor,
@@ -98,6 +116,7 @@ def predict_cmd(
             top_k=k,
             on_error=on_error,
             progress=progress,
+            explainer=explainer,
         )
     except BadLine as e:
         raise fail(

@@ -179,7 +179,8 @@ class OcclusionExplainer:
         for paper, us, label in zip(papers, units, labels, strict=True):
             j = index[label]
             full = float(probs[row, j])  # type: ignore[index]
-            drops = [full - float(probs[row + 1 + i, j]) for i in range(len(us))]  # type: ignore[index]
+            # rounded as shown: a unit listed as pushing the label never shows a weight of 0
+            drops = [round(full - float(probs[row + 1 + i, j]), 6) for i in range(len(us))]  # type: ignore[index]
             row += 1 + len(us)
             ranked = sorted(
                 (i for i, d in enumerate(drops) if d > 0), key=lambda i: (-drops[i], i)

@@ -74,9 +74,10 @@ def without(paper: Paper, spans: Sequence[Span]) -> Paper:
         cuts = sorted((s.start, s.end) for s in spans if s.field == name)
         parts, pos = [], 0
         for s, e in cuts:
-            if e <= pos:
+            if parts and s <= pos:  # overlaps (or touches) the previous cut: extend it
+                pos = max(pos, e)
                 continue
-            parts.append(text[pos : max(s, pos)])
+            parts.append(text[pos:s])
             pos = e
         parts.append(text[pos:])
         out.append(" ".join(parts))

@@ -3,7 +3,8 @@
 The same model resolution, input rules (`make_paper_model` with `serve.limits`) and `Predictor`
 as the API, so a file scored offline gets exactly the answers the API would give. The input is
 streamed (any size); the output appears atomically (temp file + rename): a failed run never
-leaves a partial file where a finished one is expected.
+leaves a partial file where a finished one is expected. With an explainer (`--explain`) every
+row also gets `explanation`, computed by the same `paperops.inference.explain` as the API's.
 """
 
 from __future__ import annotations
@@ -101,11 +102,13 @@ def predict_file(
     top_k: int = 3,
     on_error: str = "raise",
     progress: bool | None = None,
+    explainer: Any | None = None,
 ) -> PredictSummary:
     """Score every paper of `input_path` into `output_path` (one JSON line each, input order).
 
     `on_error="raise"` stops at the first bad line (BadLine) and leaves no output file;
-    `"skip"` scores the good lines and lists the bad ones in the summary.
+    `"skip"` scores the good lines and lists the bad ones in the summary. `explainer` (a
+    `paperops.inference.explain.Explainer`) adds each paper's explanation of its label.
     """
     from tqdm import tqdm
 
@@ -139,12 +142,20 @@ def predict_file(
             batch: list[tuple[int, Any]] = []
 
             def flush() -> None:
-                preds = predictor.predict_papers([(p.title, p.abstract) for _, p in batch], top_k)
-                for (number, paper), pred in zip(batch, preds, strict=True):
+                papers = [(p.title, p.abstract) for _, p in batch]
+                preds = predictor.predict_papers(papers, top_k)
+                why = (
+                    explainer.explain(papers, [p.label for p in preds])
+                    if explainer is not None
+                    else [None] * len(preds)
+                )
+                for (number, paper), pred, e in zip(batch, preds, why, strict=True):
                     row: dict[str, Any] = {"line": number}
                     if paper.id is not None:
                         row["id"] = paper.id
                     row.update(pred.to_dict())
+                    if e is not None:
+                        row["explanation"] = e.to_dict()
                     row["model_version"] = version
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 summary.papers += len(batch)

@@ -18,6 +18,10 @@ The queue is bounded in papers (`QueueFull` -> 503 + Retry-After), a request lar
 is split across batches, the predictor can be swapped at any time (a batch in flight finishes on
 the old one; a split request stays on the model that answered its first part, so one response
 never mixes two models), and `close()` answers everything already accepted before it returns.
+
+Follow-up work on a request's own papers (explanations: `run_task`) runs in the same worker
+thread, so the runtime still has one caller, but in a lane of its own: at most one task between
+two batches, so other requests' batches wait for one task at a time, never for all of them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from paperops.inference.predictor import ModelInfo, PaperPrediction, Predictor
 
@@ -55,6 +59,7 @@ class BatchResult(NamedTuple):
 
     predictions: list[PaperPrediction]
     info: ModelInfo
+    predictor: Predictor | None = None  # the one that answered (None for an empty request)
 
 
 @dataclass(eq=False)
@@ -67,6 +72,13 @@ class _Job:
     remaining: int
     predictor: Predictor | None = None  # pinned when its first chunk is dispatched
     error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class _Task:
+    fn: Callable[[], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
 
 
 @dataclass(eq=False)
@@ -86,6 +98,7 @@ class BatcherStats:
     papers: int = 0
     largest_batch: int = 0
     rejected: int = 0
+    tasks: int = 0
     sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1024))
 
 
@@ -123,6 +136,8 @@ class MicroBatcher:
         self._cond = threading.Condition()
         self._queue: deque[_Chunk] = deque()
         self._queued = 0  # papers in _queue
+        self._tasks: deque[_Task] = deque()
+        self._task_turn = False  # the next pick is a task (one task between two batches)
         self._announced = 0  # requests being received that will submit soon
         # "is the event loop still busy taking in requests?": see _tick
         self._submits = 0
@@ -222,6 +237,29 @@ class MicroBatcher:
                 self._cond.notify()
         return await job.future
 
+    async def run_task(self, fn: Callable[[], Any]) -> Any:
+        """`fn()` in the worker thread, between batches (one task per gap): follow-up work that
+        calls the runtime, such as explaining a request's papers. Raises QueueFull when
+        `queue_size` tasks are already waiting, BatcherClosed after `close()`, and what `fn`
+        raised."""
+        loop = asyncio.get_running_loop()
+        with self._cond:
+            if self._closing or self._thread is None:
+                raise BatcherClosed("the inference worker is not running (shutting down?)")
+            if len(self._tasks) >= self.queue_size:
+                self.stats.rejected += 1
+                if self.on_reject is not None:
+                    self.on_reject()
+                raise QueueFull(
+                    f"the inference queue is full ({len(self._tasks)} follow-up tasks waiting)",
+                    self.retry_after_s,
+                )
+            task = _Task(fn, loop.create_future(), loop)
+            self._tasks.append(task)
+            if self._waiting_for == "work":
+                self._cond.notify()
+        return await task.future
+
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         """Runs once per event-loop iteration while requests are being submitted. The loop has
         caught up (the worker need not wait for more) after QUIET_TICKS whole iterations, each
@@ -256,28 +294,37 @@ class MicroBatcher:
     def _run(self) -> None:
         while True:
             with self._cond:
-                batch, predictor = self._next_batch()
-            if batch is None or predictor is None:
+                work = self._next_work()
+            if work is None:
                 return
+            if isinstance(work, _Task):
+                self._run_task(work)
+                continue
+            batch, predictor = work
             try:
                 self._compute(batch, predictor)
             except Exception as e:  # a bug here must not kill the only worker
                 log.exception("the batcher failed to deliver a batch")
                 self._fail({c.job for c in batch}, e)
 
-    def _next_batch(self) -> tuple[list[_Chunk] | None, Predictor | None]:
-        """Called with the lock held: wait for work, maybe a little longer for a fuller batch,
-        then take up to max_batch_size papers for one predictor, oldest first."""
+    def _next_work(self) -> _Task | tuple[list[_Chunk], Predictor] | None:
+        """Called with the lock held: wait for work; a task when it is the tasks' turn (or no
+        batch is waiting), else maybe wait a little longer for a fuller batch, then take up to
+        max_batch_size papers for one predictor, oldest first. None: closed and drained."""
         while True:
-            while not self._queue:
+            while not self._queue and not self._tasks:
                 if self._closing:
-                    return None, None
+                    return None
                 self._waiting_for = "work"
                 self._cond.wait()
                 self._waiting_for = None
+            if self._tasks and (self._task_turn or not self._queue):
+                self._task_turn = False
+                return self._tasks.popleft()
             self._wait_for_more()
             batch, predictor = self._take()
-            if batch:
+            if batch and predictor is not None:
+                self._task_turn = True  # a task waiting now or later goes before the next batch
                 return batch, predictor
             # everything at the front had been answered already (a failed or cancelled request)
 
@@ -367,6 +414,17 @@ class MicroBatcher:
                 done.append(job)
         self._deliver(done)
 
+    def _run_task(self, task: _Task) -> None:
+        if task.future.cancelled():  # the client went away
+            return
+        try:
+            value, error = task.fn(), None
+        except Exception as e:  # the caller gets it; the worker lives on
+            value, error = None, e
+        self.stats.tasks += 1
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            task.loop.call_soon_threadsafe(_settle, task.future, value, error)
+
     def _deliver(self, jobs: list[_Job]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
         for job in jobs:
@@ -390,10 +448,19 @@ class MicroBatcher:
 def _resolve(jobs: list[_Job]) -> None:
     for job in jobs:
         if not job.future.done() and job.predictor is not None:
-            job.future.set_result(BatchResult(job.results, job.predictor.info))  # type: ignore[arg-type]
+            job.future.set_result(BatchResult(job.results, job.predictor.info, job.predictor))  # type: ignore[arg-type]
 
 
 def _reject(jobs: list[_Job]) -> None:
     for job in jobs:
         if not job.future.done() and job.error is not None:
             job.future.set_exception(job.error)
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)

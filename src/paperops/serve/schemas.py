@@ -10,12 +10,12 @@ per-request model validation on the hot path).
 """
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from paperops.serve.settings import Limits
+from paperops.serve.settings import ExplainSettings, Limits
 
 # Shown in /docs; a real abstract shape, short enough to read.
 EXAMPLE_PAPER: dict[str, Any] = {
@@ -111,8 +111,9 @@ class Schemas:
     FeedbackRequest: type[BaseModel]
 
 
-def make_schemas(limits: Limits) -> Schemas:
+def make_schemas(limits: Limits, explain: ExplainSettings | None = None) -> Schemas:
     paper = make_paper_model(limits)
+    max_explained = (explain or ExplainSettings()).max_papers
     title_t = _text_field("title", limits.title_max_chars, "The paper's title")
     abstract_t = _text_field("abstract", limits.abstract_max_chars, "The paper's abstract")
 
@@ -132,6 +133,12 @@ def make_schemas(limits: Limits) -> Schemas:
             ge=1,
             le=limits.max_top_k,
             description="How many top categories to return per paper.",
+        )
+        explain: bool = Field(
+            default=False,
+            description="Also say why: per paper, the terms (linear models) or sentences (neural "
+            "models) that pushed its label most, under `explanation`. At most "
+            f"{max_explained} papers per request with explain=true.",
         )
 
     class PredictRequest(BaseModel):
@@ -198,6 +205,44 @@ class LabelScoreOut(BaseModel):
     probability: float
 
 
+class SpanOut(BaseModel):
+    field: Literal["title", "abstract"]
+    start: int = Field(description="Character offset in the field as sent (0-based).")
+    end: int = Field(description="End offset, exclusive.")
+
+
+class TermOut(BaseModel):
+    text: str = Field(description="The term as written (a word, a word pair or a sentence).")
+    weight: float = Field(
+        description="linear: its exact contribution x_j * w_cj to the label's logit; "
+        "occlusion: how much removing it lowers the label's calibrated probability."
+    )
+    field: Literal["title", "abstract"] = Field(description="Where it first occurs.")
+    start: int
+    end: int
+    spans: list[SpanOut] = Field(description="Every occurrence, for highlighting.")
+
+
+class PartOut(BaseModel):
+    name: str = Field(
+        description="'intercept', 'semantic (embedding)' (hybrid: the embedding block as one "
+        "sum) or 'other terms' (negative, unlisted or unplaced terms)."
+    )
+    weight: float
+
+
+class ExplanationOut(BaseModel):
+    method: Literal["linear", "occlusion"]
+    label: str = Field(description="The label explained: the paper's top label.")
+    score: float = Field(
+        description="linear: the label's logit (terms + parts add up to it); occlusion: its "
+        "calibrated probability with the whole text."
+    )
+    terms: list[TermOut] = Field(description="What pushed the label most, strongest first.")
+    parts: list[PartOut] = Field(description="linear: the rest of the score; occlusion: empty.")
+    reason: str | None = Field(description="Why `terms` is empty (else null).")
+
+
 class PaperResult(BaseModel):
     id: str | None = Field(description="The id you sent, or null.")
     label: str = Field(description="Top category code, e.g. 'cs'.")
@@ -213,6 +258,10 @@ class PaperResult(BaseModel):
         description="The top label's archive, with the summed probability of that archive's "
         "labels (a category model answers both levels; for an archive model it is the label). "
         "Null for labels outside the arXiv taxonomy.",
+    )
+    explanation: ExplanationOut | None = Field(
+        default=None,
+        description="Only with explain=true (absent otherwise): why this label.",
     )
 
 

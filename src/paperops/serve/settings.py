@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from paperops.inference.explain import METHODS
 from paperops.inference.predictor import RUNTIMES
 
 
@@ -112,6 +113,33 @@ class RequestLogSettings:
         return self.url is not None
 
 
+@dataclass(frozen=True)
+class ExplainSettings:
+    """`explain=true` on /v1/classify (`paperops.inference.explain`). `methods` lists what this
+    server may run: `linear` (tfidf, hybrid: exact, ~1 ms a paper) and `occlusion` (every other
+    model: max_sentences + 1 texts through the encoder per paper); a model whose method is not
+    listed, or `enabled: false`, answers explain=true with 422."""
+
+    enabled: bool = True
+    methods: tuple[str, ...] = METHODS
+    max_papers: int = 8  # papers per request with explain=true
+    max_sentences: int = 12  # occlusion units per paper (title + sentence groups)
+    max_terms: int = 10  # terms listed per paper
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise SettingsError(f"serve.explain.enabled must be true/false; got {self.enabled!r}")
+        methods = self.methods
+        if isinstance(methods, str) or not all(m in METHODS for m in methods):
+            raise SettingsError(
+                f"serve.explain.methods must be a list drawn from {list(METHODS)}; got {methods!r}"
+            )
+        object.__setattr__(self, "methods", tuple(methods))
+        _int("explain.max_papers", self.max_papers, 1)
+        _int("explain.max_sentences", self.max_sentences, 2)
+        _int("explain.max_terms", self.max_terms, 1)
+
+
 GENERATOR_RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 
 
@@ -201,6 +229,7 @@ class ServeSettings:
     limits: Limits = field(default_factory=Limits)
     request_log: RequestLogSettings = field(default_factory=RequestLogSettings)
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
+    explain: ExplainSettings = field(default_factory=ExplainSettings)
     admin_token_env: str = "PAPEROPS_ADMIN_TOKEN"  # noqa: S105 - a variable name
     cors_origins: tuple[str, ...] = ()
     benchmark_endpoints: bool = False
@@ -249,6 +278,7 @@ class ServeSettings:
             "limits": Limits,
             "request_log": RequestLogSettings,
             "generator": GeneratorSettings,
+            "explain": ExplainSettings,
         }
         kwargs: dict[str, Any] = {}
         known = {f.name for f in fields(cls)}

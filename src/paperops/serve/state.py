@@ -20,6 +20,7 @@ from paperops.requestlog.writer import RequestLog
 from paperops.serve import schemas as S
 from paperops.serve.batching import BatcherClosed, BatchResult, MicroBatcher, QueueFull
 from paperops.serve.errors import ApiError
+from paperops.serve.explanations import Explanations
 from paperops.serve.metrics import START_KEY, ServeMetrics
 from paperops.serve.settings import ServeSettings
 
@@ -45,7 +46,8 @@ class ServeState:
         self.settings = settings
         self.loader = loader
         self.metrics = metrics
-        self.schemas = S.make_schemas(settings.limits)
+        self.schemas = S.make_schemas(settings.limits, settings.explain)
+        self.explanations = Explanations(settings.explain)
         self.batcher: MicroBatcher | None = None
         self.reqlog: Any | None = None  # paperops.requestlog.writer.RequestLog
         self.generator: Any | None = None  # paperops.serve.generator_state.GeneratorState

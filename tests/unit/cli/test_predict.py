@@ -185,3 +185,27 @@ def test_gzip_input_and_output_equal_input_refused(
     assert len(read_jsonl(out)) == 3
     res = predict(runner, "-i", str(out), "-o", str(out), "--model", str(tfidf_bundle))
     assert res.exit_code == 1 and "is the input file" in res.stderr
+
+
+def test_explain_adds_the_api_explanation_to_every_row(
+    runner: CliRunner, tmp_path: Path, tfidf_bundle: Path
+) -> None:
+    """`--explain` runs the API's explainer (`paperops.inference.explain`) on every paper."""
+    from paperops.inference.explain import make_explainer
+
+    inputs = papers(5)
+    src = write_jsonl(tmp_path / "papers.jsonl", inputs)
+    out = tmp_path / "preds.jsonl"
+    args = ["-i", str(src), "-o", str(out), "--model", str(tfidf_bundle), "--explain"]
+    res = predict(runner, *args, "serve.explain.max_terms=4")
+    assert res.exit_code == 0, res.output
+    rows = read_jsonl(out)
+    predictor = load_predictor(tfidf_bundle, threads=1)
+    pairs = [(p["title"], p["abstract"]) for p in inputs]
+    want = make_explainer(predictor, max_terms=4).explain(pairs, [r["label"] for r in rows])
+    assert [r["explanation"] for r in rows] == [json.loads(json.dumps(w.to_dict())) for w in want]
+    assert all(r["explanation"]["method"] == "linear" for r in rows)
+    assert all(0 < len(r["explanation"]["terms"]) <= 4 for r in rows)
+    refused = predict(runner, *args, "serve.explain.methods=[occlusion]")
+    assert refused.exit_code != 0 and "needs the linear method" in refused.stderr
+    assert "family tfidf" in refused.stderr

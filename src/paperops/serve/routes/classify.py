@@ -77,11 +77,18 @@ def make_classify_router(state: ServeState) -> APIRouter:
     )
     async def classify(body: ClassifyRequest, request: Request) -> Response:  # type: ignore[valid-type]
         """Classify 1..max_papers papers: top categories with calibrated probabilities and a
-        conformal prediction set per paper, answered in input order."""
+        conformal prediction set per paper, answered in input order; with explain=true, also
+        why (the terms or sentences that pushed each label most)."""
         start = request_start(request)
         papers = [(p.title, p.abstract) for p in body.papers]  # type: ignore[attr-defined]
+        explain = body.explain  # type: ignore[attr-defined]
+        if explain:
+            state.explanations.check(state.predictor, len(papers))
         texts = [model_text(t, a) for t, a in papers]
         result = await state.infer(request, texts, body.top_k)  # type: ignore[attr-defined]
+        why = None
+        if explain and state.batcher is not None:
+            why = await state.explanations.explain(state.batcher, papers, result)
         info = result.info
         request_id = new_request_id()
         results = [
@@ -96,6 +103,8 @@ def make_classify_router(state: ServeState) -> APIRouter:
             }
             for paper, p in zip(body.papers, result.predictions, strict=True)  # type: ignore[attr-defined]
         ]
+        for res, explanation in zip(results, why or (), strict=False):
+            res["explanation"] = explanation
         metrics.observe_papers((len(t) + len(a) for t, a in papers), result.predictions)
         seq = state.log_request(request_id, "/v1/classify", start, info, papers, result.predictions)
         await state.confirm_logged(seq)
