@@ -25,7 +25,8 @@ def _block(f1: float, top: float) -> dict[str, Any]:
             "primary_only": {**m, "sample_f1": 0.6}, "all_listed": m, "primary_accuracy": 0.7,
             "n_head_labels": 7, "head_fit_seconds": 3.0, "rows": {"train": 70}, "head_mb": 1.0,
             "head_ms_per_paper": 0.1, "primary_ms_per_paper": 0.1, "labels_meeting_target": 2,
-            "labels_judged": 3}  # fmt: skip
+            "labels_judged": 3, "primary_train_seconds": 2.0,
+            "test_rows_excluded": {"partial/feed": 4}, "val_sweep": {"0.5": m}}  # fmt: skip
 
 
 def _result(f1: float, top: float) -> dict[str, Any]:
@@ -45,3 +46,5 @@ def test_targets_are_judged_and_misses_explained() -> None:
     assert "| `sample_f1` | >= 0.65 | 0.600 | **no** |" in page
     assert "sample-F1 0.600 < 0.65: the primary alone reaches 0.600" in page
     assert "top listed 0.800 < 0.85" in page and "out-of-source" in page
+    assert "out of source (the targets are for the stratified split): sample-F1 0.500" in page
+    assert "unreliable lists: partial/feed 4" in page
