@@ -214,6 +214,60 @@ def test_busy_server_and_network_errors_are_explained(page: Any) -> None:
     assert page.is_enabled("#classify")
 
 
+MARKS_JS = """id => Array.from(document.getElementById(id).childNodes).reduce((acc, n) => {
+    const end = acc.pos + n.textContent.length;
+    if (n.nodeName === 'MARK') acc.marks.push([acc.pos, end, Number(n.dataset.weight),
+        Number(getComputedStyle(n).getPropertyValue('--w'))]);
+    acc.pos = end;
+    return acc;
+}, {pos: 0, marks: []}).marks"""
+
+
+def test_explain_highlights_exactly_what_the_api_names(
+    page: Any, server: str, tmp_path: Path
+) -> None:
+    """The toggle asks for explain=true; every character the page marks is in a span of an
+    explained term, every span is marked, and colour strength follows the weight."""
+    r = make_records(DEFAULT_COUNTS, seed=23)[0]
+    body = {"papers": [{"title": r["title"], "abstract": r["abstract"]}], "explain": True}
+    api = httpx.post(server + "/v1/classify", json=body, timeout=30).json()
+    e = api["results"][0]["explanation"]
+    assert e["terms"], e
+    page.check("#explain")
+    submit(page, r["title"], r["abstract"])
+    page.wait_for_selector("#why:not([hidden])")
+    assert page.inner_text("#verdict-name") == api["results"][0]["name"]
+    assert e["label"] in page.inner_text("#why-method")
+    for field, text in (("title", r["title"]), ("abstract", r["abstract"])):
+        want = [0.0] * len(text)  # per character: the largest weight of a term covering it
+        for t in e["terms"]:
+            for sp in t["spans"]:
+                if sp["field"] == field:
+                    for i in range(sp["start"], sp["end"]):
+                        want[i] = max(want[i], t["weight"])
+        got = [0.0] * len(text)
+        marks = page.evaluate(MARKS_JS, f"why-{field}")
+        for start, end, weight, _ in marks:
+            got[start:end] = [weight] * (end - start)
+        assert got == pytest.approx(want)
+        assert page.inner_text(f"#why-{field}") == text  # the text itself is untouched
+        by_weight = sorted(marks, key=lambda m: m[2])
+        assert [m[3] for m in by_weight] == sorted(m[3] for m in marks)  # stronger = darker
+    items = page.query_selector_all("#why-terms li")
+    assert [float(i.get_attribute("data-weight")) for i in items] == [
+        t["weight"] for t in e["terms"]
+    ]
+    page.screenshot(path=str(tmp_path / "explain.png"), full_page=True)
+
+    submit(page, "Zqxv Wvvq", "Plmk qqqq.")  # no known word: the reason, nothing marked
+    page.wait_for_function("document.getElementById('why-note').innerText.includes('vocabulary')")
+    assert page.query_selector_all("#why mark") == []
+    page.uncheck("#explain")
+    submit(page, r["title"], r["abstract"])
+    page.wait_for_selector("#why", state="hidden")
+    assert page.errors == []
+
+
 def test_examples_are_valid_papers_from_several_fields() -> None:
     from paperops.serve.schemas import make_paper_model
     from paperops.serve.settings import Limits

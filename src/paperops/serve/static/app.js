@@ -245,10 +245,12 @@
     if (busy) return;
     hideError();
     setBusy(true);
+    var paper = { title: $("title").value, abstract: $("abstract").value };
     var payload = {
-      papers: [{ title: $("title").value, abstract: $("abstract").value }],
+      papers: [paper],
       top_k: Math.min(TOP_K, limits.max_top_k || TOP_K)
     };
+    if ($("explain").checked) payload.explain = true;  // absent: the answer is as before
     fetch("v1/classify", {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "application/json" },
@@ -266,7 +268,7 @@
             showError("Unexpected answer from the server", ["The response had no results."]);
             return;
           }
-          renderResult(body);
+          renderResult(body, paper);
         });
       })
       .catch(function (err) {
@@ -278,8 +280,9 @@
       .then(function () { setBusy(false); });
   }
 
-  function renderResult(body) {
+  function renderResult(body, paper) {
     var r = body.results[0];
+    renderExplanation(r.explanation, paper);
     var coverage = typeof body.coverage_target === "number" ? body.coverage_target : null;
     var coverageText = coverage === null ? null : Math.round(coverage * 1000) / 10 + "%";
 
@@ -349,6 +352,70 @@
     $("result-meta").textContent = meta.join(" · ");
     if (body.model && body.model.name) $("model-info").textContent = "Model: " + describeModel(body.model);
     $("result").hidden = false;
+  }
+
+  /* --- explanation: the sent title and abstract with the explained terms highlighted ------ */
+
+  var WHY_METHOD = {
+    linear: "exact contributions of words and word pairs to the score of ",
+    occlusion: "how much removing each part lowers the probability of "
+  };
+
+  /* Per character: the largest weight of a term covering it (a word inside a highlighted pair
+   * keeps the stronger colour); then runs of equal weight become one <mark>. */
+  function highlight(node, text, terms, field, maxWeight) {
+    var weight = new Array(text.length).fill(0);
+    terms.forEach(function (t) {
+      (t.spans || []).forEach(function (s) {
+        if (s.field !== field) return;
+        for (var i = Math.max(0, s.start); i < Math.min(text.length, s.end); i++) {
+          if (t.weight > weight[i]) weight[i] = t.weight;
+        }
+      });
+    });
+    node.textContent = "";
+    var i = 0;
+    while (i < text.length) {
+      var j = i;
+      while (j < text.length && weight[j] === weight[i]) j++;
+      var piece = text.slice(i, j);
+      if (weight[i] > 0) {
+        var mark = el("mark", null, piece);
+        mark.setAttribute("data-weight", String(weight[i]));
+        mark.style.setProperty("--w", (0.15 + 0.75 * weight[i] / maxWeight).toFixed(3));
+        mark.title = "weight " + weight[i];
+        node.appendChild(mark);
+      } else {
+        node.appendChild(document.createTextNode(piece));
+      }
+      i = j;
+    }
+  }
+
+  function renderExplanation(e, paper) {
+    var why = $("why");
+    if (!e || !paper) {
+      why.hidden = true;
+      return;
+    }
+    var terms = (e.terms || []).filter(function (t) { return Number(t.weight) > 0; });
+    var maxWeight = terms.reduce(function (m, t) { return Math.max(m, Number(t.weight)); }, 0) || 1;
+    $("why-method").textContent = "(" + (WHY_METHOD[e.method] || e.method + ": ") + e.label + ")";
+    var note = $("why-note");
+    note.classList.toggle("empty-why", terms.length === 0);
+    note.textContent = terms.length ? "Stronger colour: pushed the answer more." : (e.reason || "Nothing to highlight.");
+    highlight($("why-title"), paper.title, terms, "title", maxWeight);
+    highlight($("why-abstract"), paper.abstract, terms, "abstract", maxWeight);
+    var list = $("why-terms");
+    list.textContent = "";
+    terms.forEach(function (t) {
+      var item = el("li", null, t.text);
+      item.setAttribute("data-weight", String(t.weight));
+      var w = Number(t.weight);
+      item.appendChild(el("span", "why-weight", e.method === "occlusion" ? "−" + pct(w) : "+" + w.toFixed(3)));
+      list.appendChild(item);
+    });
+    why.hidden = false;
   }
 
   function clearForm() {
