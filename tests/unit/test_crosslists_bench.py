@@ -26,7 +26,9 @@ def _block(f1: float, top: float) -> dict[str, Any]:
             "n_head_labels": 7, "head_fit_seconds": 3.0, "rows": {"train": 70}, "head_mb": 1.0,
             "head_ms_per_paper": 0.1, "primary_ms_per_paper": 0.1, "labels_meeting_target": 2,
             "labels_judged": 3, "primary_train_seconds": 2.0,
-            "test_rows_excluded": {"partial/feed": 4}, "val_sweep": {"0.5": m}}  # fmt: skip
+            "test_rows_excluded": {"partial/feed": 4}, "val_sweep": {"0.5": m},
+            "shared": {"features": 0.2, "primary": 0.05, "head": 0.05,
+                       "model_time_ratio": 1.2}}  # fmt: skip
 
 
 def _result(f1: float, top: float) -> dict[str, Any]:
@@ -48,3 +50,4 @@ def test_targets_are_judged_and_misses_explained() -> None:
     assert "top listed 0.800 < 0.85" in page and "out-of-source" in page
     assert "out of source (the targets are for the stratified split): sample-F1 0.500" in page
     assert "unreliable lists: partial/feed 4" in page
+    assert "head with its suggestions 0.050 ms a paper, model time x1.20" in page

@@ -68,7 +68,7 @@ from paperops.models.base import (
     load_classifier,
     read_meta,
 )
-from paperops.models.multilabel import HEAD_DIR, load_cross_lists
+from paperops.models.multilabel_io import HEAD_DIR, load_cross_lists
 from paperops.models.process import torch_threads
 from paperops.uncertainty.calibrate import softmax
 from paperops.uncertainty.calibration import finite_logits

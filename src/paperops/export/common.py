@@ -57,7 +57,7 @@ TRAINING_FILE = "training.json"  # = paperops.train.TRAINING_FILE; serving need 
 
 
 # what every export keeps of its bundle (neural families: the rest is the ONNX graph); the
-# cross-list head directory (`models.multilabel`) travels as it is when the bundle has one
+# cross-list head directory (`models.multilabel_io`) travels as it is when the bundle has one
 COPIED_FILES = (META_FILE, CALIBRATION_FILE, TRAINING_FILE, CROSS_LISTS_DIR)
 
 

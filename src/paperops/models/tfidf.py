@@ -148,15 +148,27 @@ class TfidfClassifier:
         plain_vocabulary(self.pipeline.named_steps["tfidf"])
         return self
 
+    @property
+    def vectorizer(self) -> TfidfVectorizer | None:
+        """The fitted TF-IDF step; the cross-list head shares it (`models.multilabel`)."""
+        return None if self.pipeline is None else self.pipeline.named_steps["tfidf"]
+
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """(n, k) scores aligned with `self.labels` (classes never seen in training get -inf)."""
         if self.pipeline is None:
             raise RuntimeError("model is not trained: call fit() or load()")
+        return self.logits_from_features(self.pipeline.named_steps["tfidf"].transform(list(texts)))
+
+    def logits_from_features(self, x: Any) -> np.ndarray:
+        """`logits` from rows of `self.vectorizer.transform(texts)`: serving computes them once
+        for this model and the cross-list head."""
+        if self.pipeline is None:
+            raise RuntimeError("model is not trained: call fit() or load()")
         clf = self.pipeline.named_steps["clf"]
-        scores = self.pipeline.decision_function(list(texts))
+        scores = clf.decision_function(x)
         if scores.ndim == 1:  # binary: sklearn returns the positive-class margin only
             scores = np.stack([-scores, scores], axis=1)
-        out = np.full((len(texts), len(self.labels)), -np.inf, dtype=np.float64)
+        out = np.full((x.shape[0], len(self.labels)), -np.inf, dtype=np.float64)
         out[:, clf.classes_] = scores
         return out
 

@@ -30,7 +30,7 @@ from paperops.models.base import (
     Classifier,
     family_class,
 )
-from paperops.models.multilabel import HEAD_DIR
+from paperops.models.multilabel_io import HEAD_DIR, save_head
 from paperops.models.process import seed_everything
 from paperops.tracking import promotion
 from paperops.tracking import runs as tracking
@@ -186,13 +186,7 @@ def train_classifier(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> 
         data_meta = read_labels(processed)[1]
         head, cross_lists = None, None
         if (xl := _plain(tcfg.get("cross_lists"))) and xl.get("enabled"):
-            head, cross_lists = fit_for_bundle(
-                xl,
-                splits,
-                data_meta,
-                labels,
-                lambda t: [labels[i] for i in model.logits(t).argmax(1)],
-            )
+            head, cross_lists = fit_for_bundle(xl, splits, data_meta, model)
         info = {
             **run_info(cfg, run, processed, seed=int(cfg.seed)),
             "label_level": str(data_meta.get("label_level", "custom")),
@@ -206,7 +200,7 @@ def train_classifier(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> 
         with atomic_dir(out_dir) as tmp:
             model.save(tmp)
             if head is not None:  # an optional part: <bundle>/crosslists/ (load_cross_lists)
-                head.save(tmp / HEAD_DIR)
+                save_head(head, tmp / HEAD_DIR)
             atomic_write_text(tmp / CALIBRATION_FILE, json.dumps(calibration.to_dict(), indent=2))
             atomic_write_text(tmp / TRAINING_FILE, json.dumps(info, indent=2, default=str) + "\n")
         log.info("saved the bundle to %s", out_dir)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 from paperops.data.crosslists import (
     PARTIAL_CATEGORIES_SOURCES,
@@ -52,10 +53,11 @@ def fit_cross_lists(
     *,
     primary_labels: Sequence[str] = (),
     primary_of: Callable[[list[str]], list[str]] | None = None,
+    vectorizer: TfidfVectorizer | None = None,
 ) -> CrossListHead:
     """The head fitted on the reliable rows of `splits` train / val / calibration; thresholds
     judged against `primary_of`'s answers on calibration (the model the head will serve with;
-    default: the head's own top label)."""
+    default: the head's own top label); `vectorizer`: the primary model's, shared."""
     parts: dict[str, Part] = {}
     excluded: dict[str, dict[str, int]] = {}
     for name in HEAD_SPLITS:
@@ -70,7 +72,8 @@ def fit_cross_lists(
     )
     cal = parts["calibration"]
     primaries = primary_of(cal[0]) if primary_of is not None else None
-    head = CrossListHead(labels, config).fit(parts["train"], parts["val"], cal, primaries)
+    head = CrossListHead(labels, config)
+    head.fit(parts["train"], parts["val"], cal, primaries, vectorizer=vectorizer)
     head.info |= {"unreliable_sources": sorted(unreliable), "excluded_rows": excluded}
     return head
 
@@ -133,27 +136,36 @@ def fit_for_bundle(
     settings: Mapping[str, Any],
     splits: Mapping[str, TextSplit],
     meta: Mapping[str, Any],
-    labels: Sequence[str],
-    primary_of: Callable[[list[str]], list[str]],
+    model: Any,
 ) -> tuple[CrossListHead | None, dict[str, Any]]:
     """`train.cross_lists` during `paperops train`: the head for a category-level bundle and a
     summary for training.json (its figures on the reliable validation rows, the model's primary
-    forced in). Archive-level data gets no head: its primaries are no fine categories."""
+    forced in). Archive-level data gets no head: its primaries are no fine categories. With
+    `share_features` the head reuses `model.vectorizer` (tfidf, hybrid): serving tokenizes a
+    request once for both."""
     if meta.get("label_level") != "category":
         reason = f"label_level is {meta.get('label_level')!r}: cross-lists need category"
         log.warning("no cross-list head: %s", reason)
         return None, {"skipped": reason}
     t0 = time.perf_counter()
-    options = {k: v for k, v in settings.items() if k not in ("enabled", "partial_sources")}
-    config = CrossListConfig(**options)
+    own = ("enabled", "partial_sources", "share_features")
+    config = CrossListConfig(**{k: v for k, v in settings.items() if k not in own})
     bad = unreliable_sources(dict(meta), settings.get("partial_sources") or ())
-    head = fit_cross_lists(splits, bad, config, primary_labels=labels, primary_of=primary_of)
+    labels = list(model.labels)
+
+    def primary_of(texts: list[str]) -> list[str]:
+        return [labels[i] for i in model.logits(texts).argmax(axis=1)]
+
+    shared = getattr(model, "vectorizer", None) if settings.get("share_features", True) else None
+    shared = shared if isinstance(shared, TfidfVectorizer) else None
+    head = fit_cross_lists(splits, bad, config, primary_labels=labels, primary_of=primary_of,
+                           vectorizer=shared)  # fmt: skip
     (texts, sets), _ = reliable_part(splits["val"], bad)
     primaries = primary_of(texts)
     val = set_metrics(head.suggest(texts, primaries), sets, primaries)
     log.info("cross-list head: %d labels, validation %s", len(head.labels),
              {k: round(v, 3) for k, v in val.items() if isinstance(v, float)})  # fmt: skip
-    summary = {"labels": len(head.labels), "precision": config.precision,
+    summary = {"labels": len(head.labels), "precision": config.precision, "shared": head.shared,
                "rows": head.info["rows"], "unreliable_sources": bad, "val": val,
                "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     return head, summary

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from paperops.models.base import ModelLoadError
-from paperops.models.multilabel import (
+from paperops.models.multilabel import CrossListConfig, CrossListHead
+from paperops.models.multilabel_io import (
     HEAD_DIR,
     HEAD_FILE,
     WEIGHTS_FILE,
-    CrossListConfig,
-    CrossListHead,
     load_cross_lists,
+    load_head,
+    save_head,
 )
 
 LABELS = ["cs.LG", "stat.ML", "cs.CV", "math.ST"]
@@ -99,7 +100,7 @@ def test_suggestions_are_ordered_named_and_include_the_primary(head: CrossListHe
 
 
 def test_save_load_roundtrip_gives_identical_outputs(head: CrossListHead, tmp_path: Path) -> None:
-    head.save(tmp_path / HEAD_DIR)
+    save_head(head, tmp_path / HEAD_DIR)
     loaded = load_cross_lists(tmp_path)
     assert loaded is not None and loaded.labels == head.labels
     texts, _ = papers(300, 7)
@@ -110,7 +111,7 @@ def test_save_load_roundtrip_gives_identical_outputs(head: CrossListHead, tmp_pa
 
 def test_a_bundle_without_a_head_and_a_broken_head(head: CrossListHead, tmp_path: Path) -> None:
     assert load_cross_lists(tmp_path) is None
-    d = head.save(tmp_path / HEAD_DIR)
+    d = save_head(head, tmp_path / HEAD_DIR)
     meta = json.loads((d / HEAD_FILE).read_text())
     (d / HEAD_FILE).write_text(json.dumps(meta | {"labels": meta["labels"][:2]}))
     with pytest.raises(ModelLoadError, match="do not match"):
@@ -120,3 +121,27 @@ def test_a_bundle_without_a_head_and_a_broken_head(head: CrossListHead, tmp_path
         load_cross_lists(tmp_path)
     with pytest.raises(RuntimeError, match=r"not (trained|calibrated)"):
         CrossListHead(LABELS).predict_proba(["x"])
+
+
+def test_a_head_sharing_the_primary_vectorizer_saves_none_and_refuses_another(
+    tmp_path: Path,
+) -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    train, val, cal = papers(1500, 1), papers(1000, 2), papers(2000, 3)
+    primary_vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, dtype=np.float32)
+    primary_vec.fit(train[0])
+    cfg = CrossListConfig(precision=0.8, min_support=20, min_df=1, max_features=30)
+    head = CrossListHead(LABELS, cfg).fit(train, val, cal, vectorizer=primary_vec)
+    assert head.shared and head.columns is not None and len(head.columns) == 30
+    texts, sets = papers(4000, 4)
+    x = primary_vec.transform(texts)  # what serving computes once for both models
+    assert np.array_equal(head.predict_proba_features(x), head.predict_proba(texts))
+    assert _extra_precision(head, texts, sets) >= 0.8 - 0.05
+    d = save_head(head, tmp_path / HEAD_DIR)
+    assert not (d / "vectorizer.skops").exists()
+    loaded = load_head(d, primary_vec)
+    assert np.array_equal(loaded.predict_proba(texts), head.predict_proba(texts))
+    other = TfidfVectorizer(dtype=np.float32).fit(val[0])
+    with pytest.raises(ModelLoadError, match="another TF-IDF vectorizer"):
+        load_head(d, other)

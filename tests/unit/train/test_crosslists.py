@@ -96,7 +96,8 @@ def test_train_experiment_category_puts_the_head_in_the_bundle_and_export_keeps_
 ) -> None:
     from paperops.config import load_config
     from paperops.export.classifier import export_bundle
-    from paperops.models.multilabel import HEAD_DIR, load_cross_lists
+    from paperops.models.base import load_classifier
+    from paperops.models.multilabel_io import HEAD_DIR, load_cross_lists
     from paperops.train import train
 
     records = make_records({"cs.LG": 40, "math.AG": 30, "hep-th": 30}, seed=4)
@@ -113,6 +114,15 @@ def test_train_experiment_category_puts_the_head_in_the_bundle_and_export_keeps_
     assert head is not None and {"cs.LG", "math.AG", "hep-th"} <= set(head.labels)
     info = json.loads((out / "training.json").read_text())["cross_lists"]
     assert info["labels"] == len(head.labels) and info["val"]["primary_in_set"] == 1.0
+    # the head shares the tfidf model's vectorizer: one tokenization serves both
+    primary = load_classifier(out)
+    assert info["shared"] is True and head.shared
+    x = primary.vectorizer.transform(["Cohomology of moduli stacks"])
+    shared = load_cross_lists(out, primary.vectorizer)
+    assert np.array_equal(shared.predict_proba_features(x), head.predict_proba_features(x))
+    assert np.array_equal(
+        primary.logits_from_features(x), primary.logits(["Cohomology of moduli stacks"])
+    )
     res = export_bundle(out, tmp_path / "export", processed_dir=processed)
     assert (tmp_path / "export" / HEAD_DIR).is_dir()
     assert res.parity["cross_lists"]["max_abs_diff"] == 0.0
