@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, run_stamp, write_result
+from benchmarks.common import REPO, RESULTS, run_stamp, write_result
 from benchmarks.crosslists_report import markdown
 from benchmarks.quality import DATASETS as QUALITY_DATASETS
 from benchmarks.quality import RAW
@@ -218,15 +218,20 @@ HEADLINE = ("sample_f1", "micro_f1", "top_listed", "primary_in_set", "mean_set_s
 
 def _summary(splits: dict[str, Any], raw: list[str], cap: int) -> dict[str, Any]:
     strat = splits.get("stratified", {})
+    explain = RESULTS / "explain.json"  # issue 19's other half, measured by benchmarks/explain.py
+    faith = json.loads(explain.read_text()) if explain.is_file() else {}
     return {
         **{k: strat.get(k) for k in HEADLINE},
         "test_size": strat.get("test_size"),
-        # measured once the API returns cross_lists (serving) and explanations exist
+        # measured once the API returns cross_lists (serving benchmark)
         "throughput_ratio": None,
-        "faithfulness_ratio": None,
+        "faithfulness_ratio": faith.get("faithfulness_ratio"),
+        "faithfulness_from": f"benchmarks/results/explain.json ({faith.get('measured')}, "
+        f"{faith.get('papers')} papers; see its section)"
+        if faith
+        else None,
         "not_measured": "throughput_ratio: serving with cross_lists at 32 clients, measured by "
-        "the serving benchmark once /v1/classify returns them; faithfulness_ratio: the "
-        "explanations' benchmark",
+        "the serving benchmark once /v1/classify returns them",
         **run_stamp(),
         "scale": f"cpu, cap {cap} papers per primary category",
         "raw_files": [Path(p).name for p in raw],

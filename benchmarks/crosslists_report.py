@@ -92,6 +92,8 @@ def misses(r: dict[str, Any]) -> list[str]:
             f"{src['sample_f1'] - src['primary_only']['sample_f1']:+.3f} sample-F1 over the "
             "primary alone."
         )
+    if r.get("faithfulness_from"):
+        out.append(f"- `faithfulness_ratio` is copied from {r['faithfulness_from']}.")
     if r.get("throughput_ratio") is None or r.get("faithfulness_ratio") is None:
         out.append(f"- not measured here: {r.get('not_measured', '')}.")
     return out
