@@ -10,6 +10,11 @@ A *runtime* only maps texts to raw logits (one column per label):
 The `Predictor` adds what every runtime shares and training fitted: temperature scaling, the
 conformal prediction set and human-readable names. Randomized APS draws its tie-breaker from a
 hash of each text, so a paper gets the same answer whichever micro-batch it lands in.
+
+A bundle trained with a cross-list head (`<bundle>/crosslists/`, `models.multilabel`) also
+answers, on request, the other categories the paper belongs in. With a tfidf or hybrid primary
+the head shares its vectorizer, and one `transform` per batch feeds both (the runtime's
+`logits_with_words`): the head then costs one sparse product, not a second tokenization.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,6 +34,7 @@ from paperops.data.text import model_text
 from paperops.inference.onnx_classifier import OnnxRuntime, read_export_meta
 from paperops.models.base import (
     CALIBRATION_FILE,
+    CROSS_LISTS_DIR,
     EXPORT_FILE,
     NEURAL_FAMILIES,
     SKLEARN_FAMILIES,
@@ -37,6 +43,8 @@ from paperops.models.base import (
     load_classifier,
     read_meta,
 )
+from paperops.models.multilabel import CrossListHead
+from paperops.models.multilabel_io import load_cross_lists
 from paperops.models.process import set_torch_threads
 from paperops.uncertainty.calibrate import softmax
 from paperops.uncertainty.calibration import finite_logits
@@ -70,6 +78,16 @@ class ClassifierRuntime:
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(self.model.logits(list(texts)), dtype=np.float64)
 
+    @property
+    def shares_words(self) -> bool:
+        """The model can hand out the TF-IDF rows it scored (tfidf, hybrid)."""
+        return hasattr(self.model, "logits_with_words")
+
+    def logits_with_words(self, texts: Sequence[str]) -> tuple[np.ndarray, Any]:
+        """Logits and the model's TF-IDF rows of `texts`, from one tokenization."""
+        logits, words = self.model.logits_with_words(list(texts))
+        return np.asarray(logits, dtype=np.float64), words
+
 
 # --- answers ---------------------------------------------------------------------------------
 
@@ -79,6 +97,17 @@ class LabelScore:
     label: str
     name: str
     probability: float
+
+
+@dataclass(frozen=True)
+class CrossListScore:
+    """A category to cross-list a paper in: its membership probability (the head's, Platt
+    calibrated per label; they need not sum to 1 across labels) and its archive."""
+
+    label: str
+    name: str
+    probability: float
+    archive: str
 
 
 @dataclass(frozen=True)
@@ -96,9 +125,16 @@ class PaperPrediction:
     top: list[LabelScore]
     prediction_set: list[LabelScore]
     archive: LabelScore | None = None
+    # only when asked for (None otherwise): the categories, besides `label`, whose head
+    # probability reached their threshold, most probable first
+    cross_lists: list[CrossListScore] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As JSON: `cross_lists` only when it was asked for (old readers see the old shape)."""
+        out = asdict(self)
+        if self.cross_lists is None:
+            del out["cross_lists"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -117,6 +153,7 @@ class ModelInfo:
     conformal_method: str | None = None
     loaded_at: float = field(default_factory=time.time)
     export: dict[str, Any] | None = None
+    cross_lists: dict[str, Any] | None = None  # the head's settings when the bundle has one
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,30 +203,79 @@ def text_uniforms(texts: Sequence[str]) -> np.ndarray:
     return out
 
 
-class Predictor:
-    """A runtime + the bundle's calibration: the single object serving code calls."""
+class NoCrossLists(ValueError):
+    """Cross-lists were asked of a model trained without a cross-list head."""
 
-    def __init__(self, runtime: Runtime, calibration: Any | None, info: ModelInfo) -> None:
+
+CrossListRows = bool | Sequence[bool]  # every text, or a mask: which texts want cross-lists
+
+
+class Predictor:
+    """A runtime + the bundle's calibration (+ its cross-list head): the single object serving
+    code calls."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        calibration: Any | None,
+        info: ModelInfo,
+        cross_lists: CrossListHead | None = None,
+    ) -> None:
         self.runtime = runtime
         self.calibration = calibration  # paperops.evaluate.Calibration, or None (uncalibrated)
         self.info = info
+        self.cross_lists = cross_lists
         self.labels = list(runtime.labels)
         self.names = [label_name(lab) for lab in self.labels]
         self.rollup = ArchiveRollup.for_labels(self.labels)
+        # one tokenization for the model and the head (see the module doc)
+        self._shared_words = bool(
+            cross_lists is not None
+            and cross_lists.shared
+            and getattr(runtime, "shares_words", False)
+        )
 
     def probabilities(self, texts: Sequence[str]) -> tuple[np.ndarray, list[list[int]]]:
         """Calibrated probabilities (n, k) and conformal sets (class indices) for model texts."""
+        return self._calibrated(self.runtime.logits(texts), texts)
 
-        logits = self.runtime.logits(texts)
+    def _calibrated(
+        self, logits: np.ndarray, texts: Sequence[str]
+    ) -> tuple[np.ndarray, list[list[int]]]:
         if self.calibration is None:
             probs = softmax(finite_logits(logits))
             return probs, [[int(i)] for i in probs.argmax(axis=1)]
         return self.calibration.apply(logits, text_uniforms(texts))
 
-    def predict_texts(self, texts: Sequence[str], top_k: int = 3) -> list[PaperPrediction]:
+    def _cross_rows(self, cross_lists: CrossListRows, n: int) -> list[int]:
+        if isinstance(cross_lists, bool):
+            rows = list(range(n)) if cross_lists else []
+        else:
+            if len(cross_lists) != n:
+                raise ValueError(f"cross_lists mask has {len(cross_lists)} entries for {n} texts")
+            rows = [i for i, want in enumerate(cross_lists) if want]
+        if rows and self.cross_lists is None:
+            raise NoCrossLists(
+                f"model {self.info.name} v{self.info.version} ({self.info.family}) was trained "
+                "without a cross-list head: it answers one label per paper (train it with "
+                "experiment=category, train.cross_lists.enabled=true)"
+            )
+        return rows
+
+    def predict_texts(
+        self, texts: Sequence[str], top_k: int = 3, cross_lists: CrossListRows = False
+    ) -> list[PaperPrediction]:
+        """Answers for model texts; `cross_lists` (all, or a per-text mask) adds the suggested
+        cross-lists (NoCrossLists when the model has no head)."""
         if not texts:
             return []
-        probs, sets = self.probabilities(texts)
+        rows = self._cross_rows(cross_lists, len(texts))
+        words = None
+        if rows and self._shared_words:
+            logits, words = self.runtime.logits_with_words(texts)  # type: ignore[attr-defined]
+        else:
+            logits = self.runtime.logits(texts)
+        probs, sets = self._calibrated(logits, texts)
         k = max(1, min(int(top_k), len(self.labels)))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         archives = self.rollup.archive_scores(probs, order[:, 0]) if self.rollup else None
@@ -206,7 +292,33 @@ class Predictor:
                     archive=None if archives is None else archives[i],
                 )
             )
+        if rows:
+            self._add_cross_lists(out, texts, rows, words)
         return out
+
+    def _add_cross_lists(
+        self, out: list[PaperPrediction], texts: Sequence[str], rows: list[int], words: Any
+    ) -> None:
+        head = self.cross_lists
+        if head is None:  # pragma: no cover - _cross_rows refused already
+            raise NoCrossLists("no cross-list head")
+        if words is not None:
+            x = words if len(rows) == len(texts) else words[rows]
+        else:
+            if head.vectorizer is None:
+                raise RuntimeError("cross-list head is not trained: load() it first")
+            x = head.vectorizer.transform([texts[i] for i in rows])
+        suggested = head.suggest_from_proba(
+            head.predict_proba_features(x), [out[i].label for i in rows]
+        )
+        for i, found in zip(rows, suggested, strict=True):
+            primary = out[i].label
+            listed = [
+                CrossListScore(s.label, s.name, round(float(s.probability), 6), s.archive)
+                for s in found
+                if s.label != primary and s.probability is not None
+            ]
+            out[i] = replace(out[i], cross_lists=listed)
 
     def predict_papers(
         self, papers: Sequence[tuple[str, str]], top_k: int = 3
@@ -301,6 +413,7 @@ def load_predictor(
             )
         rt = ClassifierRuntime(load_classifier(model_dir), threads=threads)
     calibration = _load_calibration(model_dir)
+    head = _load_head(model_dir, rt)
     info = ModelInfo(
         name=name or str(meta.get("registered_model") or model_dir.name),
         version=str(version or meta.get("version") or "local"),
@@ -312,5 +425,24 @@ def load_predictor(
         coverage_target=None if calibration is None else 1 - calibration.conformal.alpha,
         conformal_method=None if calibration is None else calibration.conformal.method,
         export=export_meta,
+        cross_lists=None if head is None else head_summary(head),
     )
-    return Predictor(rt, calibration, info)
+    return Predictor(rt, calibration, info, head)
+
+
+def _load_head(model_dir: Path, runtime: Runtime) -> CrossListHead | None:
+    """The bundle's cross-list head, sharing the loaded model's vectorizer when it can."""
+    if not (model_dir / CROSS_LISTS_DIR).is_dir():
+        return None
+    model = getattr(runtime, "model", None)
+    return load_cross_lists(model_dir, vectorizer=getattr(model, "vectorizer", None))
+
+
+def head_summary(head: CrossListHead) -> dict[str, Any]:
+    """What /v1/model says about a cross-list head."""
+    return {
+        "labels": len(head.labels),
+        "precision": head.config.precision,
+        "max_labels": head.config.max_labels,
+        "shared_features": head.shared,
+    }

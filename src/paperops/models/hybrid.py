@@ -106,8 +106,12 @@ class HybridClassifier:
             )
         return self.encoder.embed_texts(list(texts))
 
-    def _features(self, texts: Sequence[str], fit: bool = False) -> sparse.csr_matrix:
-        words = self.vectorizer.fit_transform(texts) if fit else self.vectorizer.transform(texts)
+    def _features(
+        self, texts: Sequence[str], fit: bool = False, words: Any = None
+    ) -> sparse.csr_matrix:
+        if words is None:
+            vec = self.vectorizer
+            words = vec.fit_transform(texts) if fit else vec.transform(texts)
         emb = self._embed(texts)
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         dense = sparse.csr_matrix((self.config.embed_weight * emb).astype(np.float32))
@@ -126,12 +130,22 @@ class HybridClassifier:
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """(n, k) decision scores aligned with `self.labels` (-inf for classes never seen)."""
+        return self._scores(texts, None)
+
+    def logits_with_words(self, texts: Sequence[str]) -> tuple[np.ndarray, Any]:
+        """`logits` and the word TF-IDF rows inside them (the cross-list head reuses them)."""
+        if self.vectorizer is None:
+            raise RuntimeError("model is not trained: call fit() or load()")
+        words = self.vectorizer.transform(list(texts))
+        return self._scores(texts, words), words
+
+    def _scores(self, texts: Sequence[str], words: Any) -> np.ndarray:
         if self.clf is None:
             raise RuntimeError("model is not trained: call fit() or load()")
         out = np.full((len(texts), len(self.labels)), -np.inf, dtype=np.float64)
         if not texts:
             return out
-        scores = self.clf.decision_function(self._features(list(texts)))
+        scores = self.clf.decision_function(self._features(list(texts), words=words))
         if scores.ndim == 1:
             scores = np.stack([-scores, scores], axis=1)
         out[:, self.clf.classes_] = scores

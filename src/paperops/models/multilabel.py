@@ -208,12 +208,14 @@ class CrossListHead:
         if primaries is not None and len(primaries) != len(probs):
             raise ValueError(f"{len(primaries)} primaries for {len(probs)} texts")
         index = {lab: j for j, lab in enumerate(self.labels)}
+        hits = probs >= self.thresholds[None, :]  # few per row: sort those, not every label
         out: list[list[Suggestion]] = []
         for i, row in enumerate(probs):
             primary = primaries[i] if primaries is not None else None
             if primary is None:
                 primary = self.labels[int(np.argmax(row))]
-            above = [j for j in np.argsort(-row, kind="stable") if row[j] >= self.thresholds[j]]
+            above = np.flatnonzero(hits[i])
+            above = above[np.argsort(-row[above], kind="stable")]
             chosen = [self.labels[j] for j in above if self.labels[j] != primary]
             chosen = chosen[: max(0, self.config.max_labels - 1)]
             # by probability; a primary the head does not know comes first, without one

@@ -159,6 +159,14 @@ class TfidfClassifier:
             raise RuntimeError("model is not trained: call fit() or load()")
         return self.logits_from_features(self.pipeline.named_steps["tfidf"].transform(list(texts)))
 
+    def logits_with_words(self, texts: Sequence[str]) -> tuple[np.ndarray, Any]:
+        """`logits` and the TF-IDF rows they were computed from (the cross-list head reuses
+        them: one tokenization per request)."""
+        if self.pipeline is None:
+            raise RuntimeError("model is not trained: call fit() or load()")
+        words = self.pipeline.named_steps["tfidf"].transform(list(texts))
+        return self.logits_from_features(words), words
+
     def logits_from_features(self, x: Any) -> np.ndarray:
         """`logits` from rows of `self.vectorizer.transform(texts)`: serving computes them once
         for this model and the cross-list head."""

@@ -70,6 +70,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     results: list[PaperPrediction | None]
     remaining: int
+    cross_lists: bool = False  # also the head's suggestions (Predictor.predict_texts)
     predictor: Predictor | None = None  # pinned when its first chunk is dispatched
     error: BaseException | None = None
 
@@ -197,9 +198,16 @@ class MicroBatcher:
     # --- submitting ------------------------------------------------------------------------
 
     async def submit(
-        self, texts: Sequence[str], top_k: int = 3, *, announced: bool = False
+        self,
+        texts: Sequence[str],
+        top_k: int = 3,
+        *,
+        announced: bool = False,
+        cross_lists: bool = False,
     ) -> BatchResult:
-        """Answers for `texts` (model texts, see `paperops.data.text.model_text`), in order.
+        """Answers for `texts` (model texts, see `paperops.data.text.model_text`), in order;
+        `cross_lists`: with the cross-list head's suggestions (only this request's papers in a
+        shared batch pay for them).
 
         Raises QueueFull when accepting them would exceed `queue_size` papers, BatcherClosed
         after `close()`, and whatever the runtime raised when its batch failed.
@@ -223,7 +231,7 @@ class MicroBatcher:
                     f"this request has {n})",
                     self.retry_after_s,
                 )
-            job = _Job(texts, int(top_k), loop.create_future(), loop, [None] * n, n)
+            job = _Job(texts, int(top_k), loop.create_future(), loop, [None] * n, n, cross_lists)
             for start in range(0, n, self.max_batch_size):
                 self._queue.append(_Chunk(job, start, min(n, start + self.max_batch_size)))
             self._queued += n
@@ -378,9 +386,14 @@ class MicroBatcher:
     def _compute(self, batch: list[_Chunk], predictor: Predictor) -> None:
         texts = [t for c in batch for t in c.job.texts[c.start : c.end]]
         top_k = max(c.job.top_k for c in batch)
+        wanted: bool | list[bool] = False
+        # a model without a head (swapped in by a reload after the request's check) answers
+        # without cross-lists instead of failing everyone's batch; the route tells that client
+        if predictor.cross_lists is not None and any(c.job.cross_lists for c in batch):
+            wanted = [c.job.cross_lists for c in batch for _ in range(c.size)]
         start = time.perf_counter()
         try:
-            predictions = predictor.predict_texts(texts, top_k)
+            predictions = predictor.predict_texts(texts, top_k, wanted)
             if len(predictions) != len(texts):
                 raise RuntimeError(
                     f"the predictor returned {len(predictions)} answers for {len(texts)} texts"

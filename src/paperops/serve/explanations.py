@@ -60,6 +60,18 @@ class Explanations:
         if predictor is not None:
             self.explainer(predictor)
 
+    def availability(self, predictor: Predictor) -> dict[str, Any]:
+        """What /v1/model says: can this server explain this model, how, and if not, why."""
+        s = self.settings
+        out: dict[str, Any] = {"available": False, "method": None, "max_papers": s.max_papers}
+        if not s.enabled:
+            return out | {"reason": "explanations are turned off (serve.explain.enabled=false)"}
+        try:
+            found = self.explainer(predictor)
+        except ApiError as e:
+            return out | {"reason": e.message}
+        return out | {"available": True, "method": found.method, "reason": None}
+
     def explainer(self, predictor: Predictor) -> Explainer:
         """The model's explainer (built once per loaded model), or a 422 naming the model."""
         with self._lock:

@@ -140,6 +140,12 @@ def make_schemas(limits: Limits, explain: ExplainSettings | None = None) -> Sche
             "models) that pushed its label most, under `explanation`. At most "
             f"{max_explained} papers per request with explain=true.",
         )
+        cross_lists: bool = Field(
+            default=False,
+            description="Also suggest the other categories each paper belongs in, under "
+            "`cross_lists` (absent otherwise). Needs a model trained with a cross-list head "
+            "(GET /v1/model: model.cross_lists is not null); else 422.",
+        )
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(
@@ -243,6 +249,16 @@ class ExplanationOut(BaseModel):
     reason: str | None = Field(description="Why `terms` is empty (else null).")
 
 
+class CrossListOut(BaseModel):
+    label: str = Field(description="Category code, e.g. 'stat.ML'.")
+    name: str
+    probability: float = Field(
+        description="The head's calibrated probability that the paper is listed here (per "
+        "label: these do not sum to 1)."
+    )
+    archive: str = Field(description="The category's archive, e.g. 'stat'.")
+
+
 class PaperResult(BaseModel):
     id: str | None = Field(description="The id you sent, or null.")
     label: str = Field(description="Top category code, e.g. 'cs'.")
@@ -258,6 +274,12 @@ class PaperResult(BaseModel):
         description="The top label's archive, with the summed probability of that archive's "
         "labels (a category model answers both levels; for an archive model it is the label). "
         "Null for labels outside the arXiv taxonomy.",
+    )
+    cross_lists: list[CrossListOut] | None = Field(
+        default=None,
+        description="Only with cross_lists=true (absent otherwise): the categories besides "
+        "`label` to list the paper in, most probable first (possibly empty); each passed its "
+        "own threshold, set on the calibration split for a stated precision.",
     )
     explanation: ExplanationOut | None = Field(
         default=None,
@@ -303,6 +325,11 @@ class ModelInfoOut(BaseModel):
     conformal_method: str | None
     loaded_at: float
     export: dict[str, Any] | None
+    cross_lists: dict[str, Any] | None = Field(
+        default=None,
+        description="The cross-list head (labels, precision, max_labels), or null: the model "
+        "cannot answer cross_lists=true.",
+    )
 
 
 class LabelName(BaseModel):
@@ -310,11 +337,19 @@ class LabelName(BaseModel):
     name: str
 
 
+class ExplainAvailability(BaseModel):
+    available: bool = Field(description="explain=true works for this model on this server.")
+    method: Literal["linear", "occlusion"] | None
+    max_papers: int = Field(description="Papers per request with explain=true.")
+    reason: str | None = Field(description="Why not, when not available.")
+
+
 class ModelResponse(BaseModel):
     model: ModelInfoOut
     labels: list[LabelName] = Field(description="Every label the model can answer, with its name.")
     limits: dict[str, int]
     batching: dict[str, float]
+    explain: ExplainAvailability
 
 
 class FeedbackAccepted(BaseModel):

@@ -93,7 +93,9 @@ class ServeState:
         """Load and warm a predictor (runs in a worker thread, never on the event loop)."""
         return warm(self.loader(spec))
 
-    async def infer(self, request: Request, texts: list[str], top_k: int) -> BatchResult:
+    async def infer(
+        self, request: Request, texts: list[str], top_k: int, cross_lists: bool = False
+    ) -> BatchResult:
         announced = request.scope.pop(ANNOUNCED_KEY, None) is not None
         batcher = self.batcher
         retry = {"Retry-After": str(self.settings.batching.retry_after_s)}
@@ -102,7 +104,7 @@ class ServeState:
                 503, self.not_ready_reason() or "not ready", type_="not_ready", headers=retry
             )
         try:
-            return await batcher.submit(texts, top_k, announced=announced)
+            return await batcher.submit(texts, top_k, announced=announced, cross_lists=cross_lists)
         except QueueFull as e:
             raise ApiError(
                 503, str(e), type_="queue_full", headers={"Retry-After": str(e.retry_after_s)}
@@ -167,10 +169,31 @@ class ServeState:
 
 
 def warm(predictor: Predictor) -> Predictor:
-    """One call before serving: lazy initialisation (ONNX Runtime arenas, tokenizer caches) is
-    paid here and not by the first user."""
-    predictor.predict_texts([WARMUP_TEXT], 1)
+    """One call before serving: lazy initialisation (ONNX Runtime arenas, tokenizer caches, the
+    cross-list head's weights) is paid here and not by the first user."""
+    predictor.predict_texts([WARMUP_TEXT], 1, cross_lists=predictor.cross_lists is not None)
     return predictor
+
+
+def check_cross_lists(predictor: Predictor | None) -> None:
+    """422 naming the model when cross_lists=true cannot be served (no head)."""
+    if predictor is not None and predictor.cross_lists is None:
+        info = predictor.info
+        raise ApiError(
+            422,
+            f"model {info.name} v{info.version} ({info.family}) has no cross-list head: it "
+            "answers one label per paper. Send cross_lists=false, or serve a bundle trained "
+            "with experiment=category (train.cross_lists.enabled=true)",
+            loc=["body", "cross_lists"],
+            type_="cross_lists_unsupported",
+        )
+
+
+def cross_lists_out(p: PaperPrediction) -> list[dict[str, Any]]:
+    return [
+        {"label": c.label, "name": c.name, "probability": c.probability, "archive": c.archive}
+        for c in p.cross_lists or ()
+    ]
 
 
 class RequestIds:

@@ -17,7 +17,14 @@ from paperops.requestlog.schema import FeedbackRecord
 from paperops.serve import schemas as S
 from paperops.serve.errors import ApiError
 from paperops.serve.schemas_generate import GeneratorInfoOut
-from paperops.serve.state import ServeState, request_start, score, summary
+from paperops.serve.state import (
+    ServeState,
+    check_cross_lists,
+    cross_lists_out,
+    request_start,
+    score,
+    summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,7 @@ def make_classify_router(state: ServeState) -> APIRouter:
                 "queue_size": b.queue_size,
                 "retry_after_s": b.retry_after_s,
             },
+            "explain": state.explanations.availability(p),
             "generator": gen_state.info(),
         }
 
@@ -84,8 +92,14 @@ def make_classify_router(state: ServeState) -> APIRouter:
         explain = body.explain  # type: ignore[attr-defined]
         if explain:
             state.explanations.check(state.predictor, len(papers))
+        cross_lists = body.cross_lists  # type: ignore[attr-defined]
+        if cross_lists:
+            check_cross_lists(state.predictor)
         texts = [model_text(t, a) for t, a in papers]
-        result = await state.infer(request, texts, body.top_k)  # type: ignore[attr-defined]
+        top_k = body.top_k  # type: ignore[attr-defined]
+        result = await state.infer(request, texts, top_k, cross_lists)
+        if cross_lists and result.predictor is not None:
+            check_cross_lists(result.predictor)  # a reload swapped in a model without a head
         why = None
         if explain and state.batcher is not None:
             why = await state.explanations.explain(state.batcher, papers, result)
@@ -103,6 +117,9 @@ def make_classify_router(state: ServeState) -> APIRouter:
             }
             for paper, p in zip(body.papers, result.predictions, strict=True)  # type: ignore[attr-defined]
         ]
+        if cross_lists:
+            for res, p in zip(results, result.predictions, strict=True):
+                res["cross_lists"] = cross_lists_out(p)
         for res, explanation in zip(results, why or (), strict=False):
             res["explanation"] = explanation
         metrics.observe_papers((len(t) + len(a) for t, a in papers), result.predictions)
