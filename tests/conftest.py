@@ -494,6 +494,27 @@ def embedding_bundle(
     )
 
 
+CATEGORY_COUNTS = {"cs.LG": 40, "math.AG": 30, "hep-th": 30}
+
+
+@pytest.fixture(scope="session")
+def category_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tfidf bundle over fine categories with its cross-list head (`experiment=category`),
+    trained once per session; its prepared data is `<bundle>/../processed` (read-only)."""
+    from paperops.data.prepare import PrepareConfig, prepare
+
+    base = tmp_path_factory.mktemp("category_bundle")
+    records = make_records(CATEGORY_COUNTS, seed=4)
+    for i, r in enumerate(records):  # a cross-list the head can learn: most cs.LG are stat.ML
+        if r["categories"].startswith("cs.LG") and i % 5:
+            r["categories"] = "cs.LG stat.ML"
+    raw = write_jsonl(base / "raw.jsonl", records)
+    processed = base / "processed"
+    prepare(PrepareConfig(raw_paths=raw, output_dir=processed, label_level="category", min_count=8))
+    head = ("train.cross_lists.min_papers=5", "train.cross_lists.min_df=1")
+    return _train_bundle(base, processed, "category", "model.min_df=1", *head)
+
+
 # the embedding head on the tiny encoder, trained in seconds on one thread
 TINY_HEAD = (
     "model.hidden_dim=64",

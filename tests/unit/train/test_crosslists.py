@@ -92,7 +92,7 @@ def test_set_metrics_by_hand() -> None:
 
 
 def test_train_experiment_category_puts_the_head_in_the_bundle_and_export_keeps_it(
-    tmp_path: Path,
+    category_bundle: Path, tmp_path: Path
 ) -> None:
     from paperops.config import load_config
     from paperops.export.classifier import export_bundle
@@ -100,16 +100,7 @@ def test_train_experiment_category_puts_the_head_in_the_bundle_and_export_keeps_
     from paperops.models.multilabel_io import HEAD_DIR, load_cross_lists
     from paperops.train import train
 
-    records = make_records({"cs.LG": 40, "math.AG": 30, "hep-th": 30}, seed=4)
-    raw = write_jsonl(tmp_path / "raw.jsonl", records)
-    processed = tmp_path / "processed"
-    prepare(PrepareConfig(raw_paths=raw, output_dir=processed, label_level="category", min_count=8))
-    out = tmp_path / "bundle"
-    cfg = load_config(["experiment=category", f"train.processed_dir={processed}",
-                       f"train.output_dir={out}", f"paths.work={tmp_path / 'work'}",
-                       "train.track=false", "model.min_df=1", "evaluate.alpha=0.2",
-                       "train.cross_lists.min_papers=5", "train.cross_lists.min_df=1"])  # fmt: skip
-    train(cfg)
+    out, processed = category_bundle, category_bundle.parent / "processed"
     head = load_cross_lists(out)
     assert head is not None and {"cs.LG", "math.AG", "hep-th"} <= set(head.labels)
     info = json.loads((out / "training.json").read_text())["cross_lists"]
@@ -127,12 +118,13 @@ def test_train_experiment_category_puts_the_head_in_the_bundle_and_export_keeps_
     assert (tmp_path / "export" / HEAD_DIR).is_dir()
     assert res.parity["cross_lists"]["max_abs_diff"] == 0.0
     # archive-level data gets no head, and says why
-    cfg_archive = load_config([f"train.processed_dir={processed.parent / 'arch'}",
+    cfg_archive = load_config([f"train.processed_dir={tmp_path / 'arch'}",
                                f"train.output_dir={tmp_path / 'arch_bundle'}",
                                f"paths.work={tmp_path / 'work'}", "train.track=false",
                                "model.min_df=1", "evaluate.alpha=0.2",
                                "train.cross_lists.enabled=true"])  # fmt: skip
-    prepare(PrepareConfig(raw_paths=raw, output_dir=processed.parent / "arch", min_count=8))
+    raw = out.parent / "raw.jsonl"
+    prepare(PrepareConfig(raw_paths=raw, output_dir=tmp_path / "arch", min_count=8))
     train(cfg_archive)
     assert load_cross_lists(tmp_path / "arch_bundle") is None
     skipped = json.loads((tmp_path / "arch_bundle" / "training.json").read_text())["cross_lists"]
