@@ -71,6 +71,14 @@ def predict_cmd(
             "the API's explain=true; serve.explain.methods/max_terms/max_sentences apply.",
         ),
     ] = False,
+    cross_lists: Annotated[
+        bool | None,
+        typer.Option(
+            "--cross-lists/--no-cross-lists",
+            help="Add each paper's suggested cross-lists (other categories it belongs in), as "
+            "the API's cross_lists=true. Default: on when the model has a cross-list head.",
+        ),
+    ] = None,
 ) -> None:
     """Score a JSON-lines file of papers offline through the serving runtime."""
     # deferred: pandas and pandera load in ~0.5 s; `paperops --help` and other commands skip it
@@ -97,6 +105,13 @@ def predict_cmd(
     except (ModelLoadError, FileNotFoundError, ValueError) as e:
         raise fail(str(e)) from None
     k = top_k if top_k is not None else settings.limits.default_top_k
+    has_head = predictor.cross_lists is not None
+    if cross_lists and not has_head:
+        info = predictor.info
+        raise fail(
+            f"--cross-lists: model {info.name} v{info.version} ({info.family}) has no cross-list "
+            "head (train with experiment=category); run without --cross-lists"
+        )
     explainer = None
     if explain:
         s = settings.explain
@@ -117,6 +132,7 @@ def predict_cmd(
             on_error=on_error,
             progress=progress,
             explainer=explainer,
+            cross_lists=has_head if cross_lists is None else cross_lists,
         )
     except BadLine as e:
         raise fail(

@@ -321,10 +321,13 @@ class Predictor:
             out[i] = replace(out[i], cross_lists=listed)
 
     def predict_papers(
-        self, papers: Sequence[tuple[str, str]], top_k: int = 3
+        self,
+        papers: Sequence[tuple[str, str]],
+        top_k: int = 3,
+        cross_lists: CrossListRows = False,
     ) -> list[PaperPrediction]:
         """(title, abstract) pairs, joined exactly as in training (`model_text`)."""
-        return self.predict_texts([model_text(t, a) for t, a in papers], top_k)
+        return self.predict_texts([model_text(t, a) for t, a in papers], top_k, cross_lists)
 
     def _score(self, j: int, row: np.ndarray) -> LabelScore:
         return LabelScore(self.labels[j], self.names[j], round(float(row[j]), 6))

@@ -4,7 +4,8 @@ The same model resolution, input rules (`make_paper_model` with `serve.limits`) 
 as the API, so a file scored offline gets exactly the answers the API would give. The input is
 streamed (any size); the output appears atomically (temp file + rename): a failed run never
 leaves a partial file where a finished one is expected. With an explainer (`--explain`) every
-row also gets `explanation`, computed by the same `paperops.inference.explain` as the API's.
+row also gets `explanation`, computed by the same `paperops.inference.explain` as the API's;
+with `cross_lists`, the head's suggestions as the API's `cross_lists=true` gives them.
 """
 
 from __future__ import annotations
@@ -103,12 +104,14 @@ def predict_file(
     on_error: str = "raise",
     progress: bool | None = None,
     explainer: Any | None = None,
+    cross_lists: bool = False,
 ) -> PredictSummary:
     """Score every paper of `input_path` into `output_path` (one JSON line each, input order).
 
     `on_error="raise"` stops at the first bad line (BadLine) and leaves no output file;
     `"skip"` scores the good lines and lists the bad ones in the summary. `explainer` (a
-    `paperops.inference.explain.Explainer`) adds each paper's explanation of its label.
+    `paperops.inference.explain.Explainer`) adds each paper's explanation of its label;
+    `cross_lists` the suggested cross-lists (the model needs a cross-list head).
     """
     from tqdm import tqdm
 
@@ -143,7 +146,7 @@ def predict_file(
 
             def flush() -> None:
                 papers = [(p.title, p.abstract) for _, p in batch]
-                preds = predictor.predict_papers(papers, top_k)
+                preds = predictor.predict_papers(papers, top_k, cross_lists)
                 why = (
                     explainer.explain(papers, [p.label for p in preds])
                     if explainer is not None

@@ -209,3 +209,38 @@ def test_explain_adds_the_api_explanation_to_every_row(
     refused = predict(runner, *args, "serve.explain.methods=[occlusion]")
     assert refused.exit_code != 0 and "needs the linear method" in refused.stderr
     assert "family tfidf" in refused.stderr
+
+
+def test_cross_lists_by_default_with_a_head_and_refused_without(
+    runner: CliRunner, tmp_path: Path, category_bundle: Path, tfidf_bundle: Path
+) -> None:
+    """A category bundle's rows carry the API's cross_lists unless --no-cross-lists; asking a
+    model without a head is a one-line error naming it, and its rows keep the old shape."""
+    from tests.conftest import CATEGORY_COUNTS
+
+    inputs = [
+        {"title": r["title"], "abstract": r["abstract"]}
+        for r in make_records(CATEGORY_COUNTS, seed=31)[:9]
+    ]
+    src = write_jsonl(tmp_path / "papers.jsonl", inputs)
+    out = tmp_path / "preds.jsonl"
+    res = predict(runner, "-i", str(src), "-o", str(out), "--model", str(category_bundle),
+                  "--batch-size", "4")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rows = read_jsonl(out)
+    want = load_predictor(category_bundle, threads=1).predict_papers(
+        [(p["title"], p["abstract"]) for p in inputs], 3, cross_lists=True
+    )
+    got = [r["cross_lists"] for r in rows]
+    assert got == [json.loads(json.dumps(w.to_dict()))["cross_lists"] for w in want]
+    assert sum(map(len, got)) > 0
+    off = tmp_path / "off.jsonl"
+    res = predict(runner, "-i", str(src), "-o", str(off), "--model", str(category_bundle),
+                  "--no-cross-lists")  # fmt: skip
+    assert res.exit_code == 0 and all("cross_lists" not in r for r in read_jsonl(off))
+    refused = predict(runner, "-i", str(src), "-o", str(off), "--model", str(tfidf_bundle),
+                      "--cross-lists")  # fmt: skip
+    assert refused.exit_code != 0 and "has no cross-list head" in refused.stderr
+    assert "(tfidf)" in refused.stderr
+    res = predict(runner, "-i", str(src), "-o", str(off), "--model", str(tfidf_bundle))
+    assert res.exit_code == 0 and all("cross_lists" not in r for r in read_jsonl(off))
