@@ -10,6 +10,9 @@ where the model is loaded.
 Input: a DataFrame with `title` and `abstract` columns. Output: a DataFrame with `label` (top
 label), `confidence` (its probability) and one `prob_<label>` column per label, where the
 probabilities are softmax(logits / T) with T from the bundle's calibration.json (T = 1 without).
+A bundle with a cross-list head (`crosslists/`) adds `cross_lists`: the suggested other
+categories, most probable first, space-separated like arXiv's own `categories` field ("" when
+none passed its threshold), the same list the API's cross_lists=true answers.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from paperops.data.text import model_text
-from paperops.models.base import CALIBRATION_FILE, load_classifier
+from paperops.models.base import CALIBRATION_FILE, CROSS_LISTS_DIR, load_classifier
+from paperops.models.multilabel_io import load_cross_lists
 from paperops.uncertainty.calibrate import TemperatureScaler, softmax
 
 BUNDLE_ARTIFACT = "bundle"
@@ -51,9 +55,17 @@ def read_temperature(bundle_dir: Path) -> float:
     return TemperatureScaler.from_dict(section).temperature
 
 
-def output_columns(labels: list[str]) -> list[str]:
+CROSS_LISTS_COLUMN = "cross_lists"
+
+
+def output_columns(labels: list[str], cross_lists: bool = False) -> list[str]:
     """The prediction frame's columns, known from model.json alone (used for the signature)."""
-    return ["label", "confidence", *(PROB_PREFIX + lab for lab in labels)]
+    extra = [CROSS_LISTS_COLUMN] if cross_lists else []
+    return ["label", "confidence", *(PROB_PREFIX + lab for lab in labels), *extra]
+
+
+def has_cross_lists(bundle_dir: Path) -> bool:
+    return (Path(bundle_dir) / CROSS_LISTS_DIR).is_dir()
 
 
 def _texts(model_input: Any) -> list[str]:
@@ -78,6 +90,11 @@ class BundleModel(PythonModel):
         bundle_dir = Path(context.artifacts[BUNDLE_ARTIFACT])
         self.classifier = load_classifier(bundle_dir)
         self.temperature = read_temperature(bundle_dir)
+        self.head = (
+            load_cross_lists(bundle_dir, getattr(self.classifier, "vectorizer", None))
+            if has_cross_lists(bundle_dir)
+            else None
+        )
 
     # MLflow reads this hint: pd.DataFrame means "no schema from hints" (the logged signature
     # describes the input); a missing or other hint makes MLflow warn on every load.
@@ -87,13 +104,21 @@ class BundleModel(PythonModel):
 
         texts = _texts(model_input)
         labels = list(self.classifier.labels)
+        head = getattr(self, "head", None)  # None: a wrapper loaded before heads existed
         if not texts:
-            return pd.DataFrame(columns=output_columns(labels))
+            return pd.DataFrame(columns=output_columns(labels, head is not None))
         probs = softmax(self.classifier.logits(texts), self.temperature)
         top = probs.argmax(axis=1)
         out = pd.DataFrame(probs, columns=[PROB_PREFIX + lab for lab in labels])
         out.insert(0, "confidence", probs[np.arange(len(texts)), top].astype(np.float64))
-        out.insert(0, "label", [labels[i] for i in top])
+        primaries = [labels[i] for i in top]
+        out.insert(0, "label", primaries)
+        if head is not None:
+            suggested = head.suggest(texts, primaries)
+            out[CROSS_LISTS_COLUMN] = [
+                " ".join(s.label for s in row if s.label != primary)
+                for row, primary in zip(suggested, primaries, strict=True)
+            ]
         return out
 
 

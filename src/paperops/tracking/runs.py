@@ -417,7 +417,12 @@ def _signature(bundle_dir: Path) -> Any:
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
     # deferred: pulls mlflow
-    from paperops.tracking.pyfunc_classifier import INPUT_COLUMNS, output_columns
+    from paperops.tracking.pyfunc_classifier import (
+        CROSS_LISTS_COLUMN,
+        INPUT_COLUMNS,
+        has_cross_lists,
+        output_columns,
+    )
 
     meta = read_meta(bundle_dir)
     if is_language_model(meta):
@@ -430,10 +435,10 @@ def _signature(bundle_dir: Path) -> Any:
             outputs=Schema([ColSpec("string", "text"), ColSpec("long", "generated_tokens")]),
             params=ParamSchema([ParamSpec(k, types[type(v)], v) for k, v in PARAMS.items()]),
         )
-    cols = output_columns(list(meta["labels"]))
+    cols = output_columns(list(meta["labels"]), has_cross_lists(bundle_dir))
     inputs: list[ColSpec | TensorSpec] = [ColSpec("string", c) for c in INPUT_COLUMNS]
     outputs: list[ColSpec | TensorSpec] = [ColSpec("string", cols[0])]
-    outputs += [ColSpec("double", c) for c in cols[1:]]
+    outputs += [ColSpec("string" if c == CROSS_LISTS_COLUMN else "double", c) for c in cols[1:]]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 

@@ -26,3 +26,19 @@ def test_a_registered_category_bundle_brings_its_head(
     assert head is not None and ref is not None and head.labels == ref.labels
     texts = ["Neural networks\nwe propose a model", "Moduli of curves\nwe prove that"]
     assert np.array_equal(head.predict_proba(texts), ref.predict_proba(texts))
+    # the pyfunc answers the API's cross-lists too, in arXiv's space-separated form
+    import mlflow
+    import pandas as pd
+
+    from paperops.inference.predictor import load_predictor
+    from tests.conftest import CATEGORY_COUNTS, make_records
+
+    frame = pd.DataFrame(make_records(CATEGORY_COUNTS, seed=12)[:10])[["title", "abstract"]]
+    out = mlflow.pyfunc.load_model(uri).predict(frame)
+    pairs = list(zip(frame.title, frame.abstract, strict=True))
+    want = load_predictor(bundle).predict_papers(pairs, 3, cross_lists=True)
+    assert list(out["label"]) == [w.label for w in want]
+    joined = [" ".join(c.label for c in w.cross_lists or ()) for w in want]
+    assert list(out["cross_lists"]) == joined and any(joined)
+    schema = mlflow.models.get_model_info(uri).signature.outputs.input_names()
+    assert schema[-1] == "cross_lists"
