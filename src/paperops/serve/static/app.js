@@ -1,9 +1,11 @@
 /* paperops web page: plain JavaScript, no build step, no external resources (works offline).
  *
- * Talks to the same API as every other client: GET v1/model (name, version, limits, and the
- * language model under `generator`), POST v1/classify, POST v1/generate?stream=true (server-sent
- * events read from a fetch stream: EventSource cannot POST). URLs are relative so the page also
- * works behind a path prefix. Model and user text only ever goes in through textContent.
+ * Talks to the same API as every other client: GET v1/model (name, version, limits, the
+ * cross-list head, whether explain works, and the language model under `generator`),
+ * POST v1/classify (cross_lists=true only when the model has a cross-list head), and
+ * POST v1/generate?stream=true (server-sent events read from a fetch stream: EventSource cannot
+ * POST). URLs are relative so the page also works behind a path prefix. Model and user text
+ * only ever goes in through textContent.
  */
 (function () {
   "use strict";
@@ -27,6 +29,7 @@
   var limits = Object.assign({}, DEFAULT_LIMITS);
   var examples = [];
   var busy = false;
+  var crossLists = null;  // v1/model's model.cross_lists: null = no head, never ask for them
 
   function $(id) { return document.getElementById(id); }
 
@@ -124,6 +127,8 @@
         });
         updateCounters();
         $("model-info").textContent = "Model: " + describeModel(m);
+        crossLists = m && m.cross_lists && typeof m.cross_lists === "object" ? m.cross_lists : null;
+        setExplain(body && body.explain);
         setGenerator(body && Object.prototype.hasOwnProperty.call(body, "generator")
           ? body.generator : null, body);
       })
@@ -132,6 +137,20 @@
         $("model-info").classList.add("muted");
         setGenerator(undefined, null);  // unknown: let the server answer a request
       });
+  }
+
+  /* `e`: v1/model's explain entry; missing (an older server) leaves the checkbox as it is and
+   * the server answers a request it cannot serve with a 422. */
+  function setExplain(e) {
+    if (!e || typeof e !== "object" || e.available !== false) return;
+    var reason = e.reason ? String(e.reason) : "Explanations are not available for this model";
+    var box = $("explain");
+    box.checked = false;
+    box.disabled = true;
+    box.title = reason;
+    box.parentNode.title = reason;  // a disabled input shows no tooltip of its own
+    box.parentNode.classList.add("disabled");
+    $("explain-hint").textContent = "Unavailable: " + reason;
   }
 
   /* --- examples --------------------------------------------------------------------------- */
@@ -251,6 +270,7 @@
       top_k: Math.min(TOP_K, limits.max_top_k || TOP_K)
     };
     if ($("explain").checked) payload.explain = true;  // absent: the answer is as before
+    if (crossLists) payload.cross_lists = true;  // only a model with a head can answer them
     fetch("v1/classify", {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "application/json" },
@@ -295,6 +315,7 @@
     $("verdict-archive").textContent = arch
       ? "in " + (arch.name || arch.label) + " (" + arch.label + ", " + pct(arch.probability) + ")"
       : "";
+    renderCrossLists(r);
 
     var list = $("top-list");
     list.textContent = "";
@@ -352,6 +373,39 @@
     $("result-meta").textContent = meta.join(" · ");
     if (body.model && body.model.name) $("model-info").textContent = "Model: " + describeModel(body.model);
     $("result").hidden = false;
+  }
+
+  /* Also list in: the head's categories besides the primary label, most probable first. Each
+   * is a per-category probability (one yes/no question per category), so they need not sum to
+   * 1. Hidden when the answer has no `cross_lists` (not asked for, or an older server). */
+  function renderCrossLists(r) {
+    var section = $("xl");
+    var chips = $("xl-chips");
+    chips.textContent = "";
+    if (!r || !Array.isArray(r.cross_lists)) {
+      section.hidden = true;
+      return;
+    }
+    r.cross_lists.forEach(function (s) {
+      var chip = el("span", "chip chip-xl");
+      chip.setAttribute("role", "listitem");
+      chip.setAttribute("data-label", s.label);
+      if (s.archive) chip.title = "archive " + s.archive;
+      chip.appendChild(el("span", "chip-name", s.name || s.label));
+      chip.appendChild(el("span", "code", s.label));
+      chip.appendChild(el("span", "chip-pct", pct(s.probability)));
+      chips.appendChild(chip);
+    });
+    var precision = crossLists && typeof crossLists.precision === "number" &&
+      isFinite(crossLists.precision) ? Math.round(crossLists.precision * 100) + "%" : null;
+    var note = $("xl-note");
+    note.classList.toggle("empty-xl", r.cross_lists.length === 0);
+    note.textContent = r.cross_lists.length === 0
+      ? "No other category passed its threshold: the primary category " + (r.label || "") +
+        " is the only suggestion."
+      : "Each category is judged on its own (per-category probabilities: they do not sum to 1)" +
+        (precision ? "; thresholds aim at about " + precision + " precision." : ".");
+    section.hidden = false;
   }
 
   /* --- explanation: the sent title and abstract with the explained terms highlighted ------ */
