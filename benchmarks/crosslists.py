@@ -13,7 +13,9 @@ list; the same figures over every listed category, and for the primary alone, ar
 
 Resumable: the prepared data and the bundle are kept under PAPEROPS_CROSSLISTS_WORK (default
 data/cache/crosslists) and reused while the data hash matches.
-PAPEROPS_BENCH_SPLITS=stratified runs one split.
+PAPEROPS_BENCH_SPLITS=stratified runs one split. The serving cost (`throughput_ratio`: with /
+without cross_lists=true at 32 clients, one server) is measured on the stratified bundle by
+`benchmarks/crosslists_serve.py` after that split (alone: `python -m benchmarks.crosslists_serve`).
 """
 
 from __future__ import annotations
@@ -202,36 +204,44 @@ def run() -> dict[str, Any]:
     path = REPO / "benchmarks" / "results" / "crosslists.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     splits = dict(previous.get("splits", {})) if only else {}
+    serving = previous.get("serving")
     for name in DATASETS:
         if only and name not in only:
             continue
         splits[name] = _block(name, raw, cap)
         print(f"{name}: {json.dumps({k: splits[name][k] for k in HEADLINE})}", flush=True)
-        write_result("crosslists", _summary(splits, raw, cap))
-    result = _summary(splits, raw, cap)
+        write_result("crosslists", _summary(splits, raw, cap, serving))
+        if name == "stratified":
+            from benchmarks.crosslists_serve import measure
+
+            print("stratified: serving with / without cross_lists ...", flush=True)
+            serving = measure(WORK / name / "bundle", WORK / name / "processed")
+    result = _summary(splits, raw, cap, serving)
     write_result("crosslists", result)
     return result
 
 
+NOT_SERVED = "throughput_ratio (benchmarks/crosslists_serve.py did not run)"
 HEADLINE = ("sample_f1", "micro_f1", "top_listed", "primary_in_set", "mean_set_size")
 
 
-def _summary(splits: dict[str, Any], raw: list[str], cap: int) -> dict[str, Any]:
+def _summary(
+    splits: dict[str, Any], raw: list[str], cap: int, serving: dict[str, Any] | None
+) -> dict[str, Any]:
     strat = splits.get("stratified", {})
     explain = RESULTS / "explain.json"  # issue 19's other half, measured by benchmarks/explain.py
     faith = json.loads(explain.read_text()) if explain.is_file() else {}
     return {
         **{k: strat.get(k) for k in HEADLINE},
         "test_size": strat.get("test_size"),
-        # measured once the API returns cross_lists (serving benchmark)
-        "throughput_ratio": None,
+        "throughput_ratio": None if serving is None else serving["throughput_ratio"],
         "faithfulness_ratio": faith.get("faithfulness_ratio"),
         "faithfulness_from": f"benchmarks/results/explain.json ({faith.get('measured')}, "
         f"{faith.get('papers')} papers; see its section)"
         if faith
         else None,
-        "not_measured": "throughput_ratio: serving with cross_lists at 32 clients, measured by "
-        "the serving benchmark once /v1/classify returns them",
+        **({} if serving else {"not_measured": NOT_SERVED}),
+        "serving": serving,
         **run_stamp(),
         "scale": f"cpu, cap {cap} papers per primary category",
         "raw_files": [Path(p).name for p in raw],

@@ -92,6 +92,20 @@ def misses(r: dict[str, Any]) -> list[str]:
             f"{src['sample_f1'] - src['primary_only']['sample_f1']:+.3f} sample-F1 over the "
             "primary alone."
         )
+    if (sv := r.get("serving")) and sv.get("throughput_ratio") is not None:
+
+        def rps(k: str) -> float:
+            return sum(sv[k]) / len(sv[k])
+
+        out.append(
+            f"- serving cost: one `paperops serve` (tfidf + head, micro-batching, SQLite request "
+            f"log), {sv['clients']} closed-loop clients, one paper a request, {sv['rounds']} "
+            f"rounds of {sv['seconds_per_round']:.0f} s per side alternating: "
+            f"{rps('rps_without'):.0f} req/s without cross_lists, {rps('rps_with'):.0f} with "
+            f"(ratio {sv['throughput_ratio']:.3f}); p50 {sv['p50_ms']['without']} -> "
+            f"{sv['p50_ms']['with']} ms, p99 {sv['p99_ms']['without']} -> {sv['p99_ms']['with']} "
+            f"ms, errors {sv['errors']}."
+        )
     if r.get("faithfulness_from"):
         out.append(f"- `faithfulness_ratio` is copied from {r['faithfulness_from']}.")
     if r.get("throughput_ratio") is None or r.get("faithfulness_ratio") is None:

@@ -51,3 +51,15 @@ def test_targets_are_judged_and_misses_explained() -> None:
     assert "out of source (the targets are for the stratified split): sample-F1 0.500" in page
     assert "unreliable lists: partial/feed 4" in page
     assert "head with its suggestions 0.050 ms a paper, model time x1.20" in page
+
+
+def test_the_serving_cost_is_judged_and_described() -> None:
+    r = _result(0.70, 0.90) | {"throughput_ratio": 0.87}
+    r["serving"] = {"throughput_ratio": 0.87, "clients": 32, "rounds": 2, "seconds_per_round": 15,
+                    "rps_without": [400.0, 420.0], "rps_with": [350.0, 363.4], "errors": 0,
+                    "p50_ms": {"without": 70.0, "with": 80.0},
+                    "p99_ms": {"without": 120.0, "with": 140.0}}  # fmt: skip
+    page = markdown(r)
+    assert "| `throughput_ratio` | >= 0.90 (<= 10% cost at 32 clients) | 0.870 | **no** |" in page
+    assert "410 req/s without cross_lists, 357 with (ratio 0.870)" in page
+    assert "not measured here" not in page.split("| `faithfulness_ratio`")[0]
