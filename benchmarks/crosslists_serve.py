@@ -10,7 +10,8 @@ total without, in the same number of equal rounds.
 
 Run alone: `python -m benchmarks.crosslists_serve` updates `throughput_ratio` and `serving` in
 benchmarks/results/crosslists.json without re-running the quality part. Knobs (env):
-PAPEROPS_BENCH_SERVE_SECONDS (per round, default 20 as in benchmarks/serve.py), PAPEROPS_CROSSLISTS_ROUNDS (default 3).
+PAPEROPS_BENCH_SERVE_SECONDS (per round, default 20 as in benchmarks/serve.py),
+PAPEROPS_CROSSLISTS_ROUNDS (default 3).
 """
 
 from __future__ import annotations
