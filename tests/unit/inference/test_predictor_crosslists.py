@@ -120,3 +120,26 @@ def test_the_batcher_gives_each_request_its_own_kind_of_answer(category_bundle: 
         want = solo_cross[i] if i % 3 == 0 else solo_plain[i]
         assert res.predictions[0] == want  # type: ignore[attr-defined]
     assert np.mean([r.predictions[0].cross_lists is None for r in results]) > 0.5  # type: ignore[attr-defined]
+
+
+def test_a_swap_to_a_model_without_a_head_fails_no_batch(
+    category_bundle: Path, tfidf_bundle: Path
+) -> None:
+    """A reload between a request's check and its batch: the answer comes without cross-lists
+    (the route then answers that client 422), and nobody's batch fails."""
+    headless = load_predictor(tfidf_bundle)
+    b = MicroBatcher(load_predictor(category_bundle), max_batch_size=8, max_wait_ms=0).start()
+    b.swap(headless)
+
+    async def go() -> list[object]:
+        return list(
+            await asyncio.gather(b.submit(TEXTS[:2], 3, cross_lists=True), b.submit(TEXTS[2:4]))
+        )
+
+    try:
+        asked, plain = asyncio.run(asyncio.wait_for(go(), 30))
+    finally:
+        assert b.close(30)
+    assert asked.predictor is headless  # type: ignore[attr-defined]
+    assert [p.cross_lists for p in asked.predictions] == [None, None]  # type: ignore[attr-defined]
+    assert plain.predictions == headless.predict_texts(TEXTS[2:4], 3)  # type: ignore[attr-defined]
