@@ -7,7 +7,6 @@ Chrome binary). Playwright drives it; `playwright install` is never needed.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 
 from tests.conftest import DEFAULT_COUNTS, make_records
 from tests.e2e.conftest import TIMEOUT_MS
-from tests.integration.serve_helpers import serve_cli
+from tests.integration.serve_helpers import serve_copy
 
 pytestmark = pytest.mark.integration
 
@@ -28,9 +27,7 @@ STATIC = Path(__file__).resolve().parents[2] / "src" / "paperops" / "serve" / "s
 def server(tfidf_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`paperops serve` (a child process on loopback) on a copy of the tfidf bundle; its request
     log and output stay in tmp."""
-    base = tmp_path_factory.mktemp("web_server")
-    model = Path(shutil.copytree(tfidf_bundle, base / "model"))
-    with serve_cli(base, "--model", str(model)) as url:
+    with serve_copy(tfidf_bundle, tmp_path_factory.mktemp("web_server")) as url:
         yield url
 
 

@@ -8,7 +8,6 @@ Needs Debian's `chromium` (see tests/e2e/conftest.py).
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 from tests.conftest import CATEGORY_COUNTS, make_records
 from tests.e2e.conftest import TIMEOUT_MS
 from tests.e2e.test_web import pct, submit
-from tests.integration.serve_helpers import serve_cli
+from tests.integration.serve_helpers import serve_copy
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +28,14 @@ Record = dict[str, Any]
 @pytest.fixture(scope="module")
 def xl_server(category_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`paperops serve` on a copy of the category bundle (it has a cross-list head)."""
-    base = tmp_path_factory.mktemp("web_xl_server")
-    model = Path(shutil.copytree(category_bundle, base / "model"))
-    with serve_cli(base, "--model", str(model)) as url:
+    with serve_copy(category_bundle, tmp_path_factory.mktemp("web_xl_server")) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def plain_server(tfidf_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`paperops serve` on a copy of the archive tfidf bundle (no cross-list head)."""
-    base = tmp_path_factory.mktemp("web_plain_server")
-    model = Path(shutil.copytree(tfidf_bundle, base / "model"))
-    with serve_cli(base, "--model", str(model)) as url:
+    with serve_copy(tfidf_bundle, tmp_path_factory.mktemp("web_plain_server")) as url:
         yield url
 
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -66,6 +67,14 @@ def serve_cli(
         ready_timeout=ready_timeout,
         ready_path=ready_path,
     ) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_copy(bundle: Path, base: Path, *args: str) -> Iterator[str]:
+    """`serve_cli` on a copy of `bundle` in `base/model` (session bundles stay read-only)."""
+    model = Path(shutil.copytree(bundle, base / "model"))
+    with serve_cli(base, "--model", str(model), *args) as url:
         yield url
 
 

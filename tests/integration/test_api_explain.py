@@ -5,7 +5,6 @@ a 422 naming the model and the setting (never a 500)."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 from paperops.serve.app import create_app
 from paperops.serve.settings import ExplainSettings, ServeSettings
 from tests.conftest import DEFAULT_COUNTS, make_records
-from tests.integration.serve_helpers import GatedRuntime, serve_app, serve_cli, tiny_predictor
+from tests.integration.serve_helpers import GatedRuntime, serve_app, serve_copy, tiny_predictor
 from tests.integration.test_api import check_error
 
 pytestmark = pytest.mark.integration
@@ -30,9 +29,7 @@ UNKNOWN = {"title": "Zqxv Wvvq", "abstract": "Plmk ørbk ŋŋŋ. Qqqq!"}
 
 @pytest.fixture(scope="module")
 def url(tfidf_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    base = tmp_path_factory.mktemp("explain_api")
-    model = Path(shutil.copytree(tfidf_bundle, base / "model"))
-    with serve_cli(base, "--model", str(model)) as u:
+    with serve_copy(tfidf_bundle, tmp_path_factory.mktemp("explain_api")) as u:
         yield u
 
 
