@@ -143,3 +143,33 @@ def test_a_swap_to_a_model_without_a_head_fails_no_batch(
     assert asked.predictor is headless  # type: ignore[attr-defined]
     assert [p.cross_lists for p in asked.predictions] == [None, None]  # type: ignore[attr-defined]
     assert plain.predictions == headless.predict_texts(TEXTS[2:4], 3)  # type: ignore[attr-defined]
+
+
+def test_a_head_with_its_own_vectorizer_tokenizes_for_itself(
+    category_bundle: Path, tmp_path: Path
+) -> None:
+    """share_features=false (what a neural primary gets): the head tokenizes the texts that
+    asked, and answers as it does alone."""
+    from tests.conftest import _train_bundle
+
+    processed = category_bundle.parent / "processed"
+    bundle = _train_bundle(tmp_path, processed, "category", "model.min_df=1",
+                           "train.cross_lists.min_papers=5", "train.cross_lists.min_df=1",
+                           "train.cross_lists.share_features=false")  # fmt: skip
+    p = load_predictor(bundle)
+    assert p.cross_lists is not None and not p.cross_lists.shared
+    assert p.info.cross_lists is not None and p.info.cross_lists["shared_features"] is False
+    mask = [i % 2 == 1 for i in range(len(TEXTS))]
+    got = p.predict_texts(TEXTS, 3, cross_lists=mask)
+    asked = [t for t, m in zip(TEXTS, mask, strict=True) if m]
+    primaries = [g.label for g, m in zip(got, mask, strict=True) if m]
+    want = iter(p.cross_lists.suggest(asked, primaries))
+    for g, m in zip(got, mask, strict=True):
+        if not m:
+            assert g.cross_lists is None
+            continue
+        assert g.cross_lists is not None
+        assert [c.label for c in g.cross_lists] == [
+            s.label for s in next(want) if s.label != g.label
+        ]
+    assert sum(len(g.cross_lists or ()) for g in got) > 0
