@@ -112,7 +112,10 @@ def run() -> dict[str, Any]:
         raise SystemExit(f"unknown families {sorted(unknown)}; choose from {list(FAMILIES)}")
     path = RESULTS / "explain.json"
     merge = os.environ.get("PAPEROPS_BENCH_MERGE") == "1" and path.is_file()
-    families: dict[str, Any] = json.loads(path.read_text())["families"] if merge else {}
+    previous: dict[str, Any] = json.loads(path.read_text()) if merge else {}
+    families: dict[str, Any] = previous.get("families", {})
+    # a note is "<family>: ...": it stays with the family it describes while that is kept
+    notes = [x for x in previous.get("notes", []) if x.split(":", 1)[0] not in asked]
     work = Path(tempfile.mkdtemp(prefix="paperops-explain-"))
     processed = _prepare("stratified", work, raw, cap)
     for family in asked:
@@ -125,6 +128,7 @@ def run() -> dict[str, Any]:
         "target": TARGET,
         "faithfulness_ratio": tfidf.get("ratio"),  # the served champion family's figure
         "families": families,
+        **({"notes": notes} if notes else {}),
     }
     write_result("explain", result)
     return result

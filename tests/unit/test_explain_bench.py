@@ -3,7 +3,10 @@ the deletion test, the API-shaped timing) and the section renders from its resul
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 from benchmarks import explain as bench
 
@@ -37,3 +40,25 @@ def test_a_family_block_and_its_section(prepared_dir: Path, tmp_path: Path) -> N
         "| embedding (k=5)",
     ]
     assert "Not measured on real data here: hybrid" in page
+
+
+def test_merging_keeps_the_notes_of_the_families_it_keeps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PAPEROPS_BENCH_MERGE=1 re-runs some families: the notes of the others stay."""
+    import benchmarks.explain as bx
+
+    results = tmp_path / "results"
+    results.mkdir()
+    old = {"families": {"tfidf": {"ratio": 3.0}, "embedding": {"ratio": 4.0}},
+           "notes": ["embedding: cap 1,500", "tfidf: the served family"]}  # fmt: skip
+    (results / "explain.json").write_text(json.dumps(old))
+    monkeypatch.setattr(bx, "RESULTS", results)
+    monkeypatch.setattr(bx, "_prepare", lambda *a, **k: tmp_path)
+    monkeypatch.setattr(bx, "_family", lambda family, *a: {"ratio": 9.0})
+    monkeypatch.setattr(bx, "write_result", lambda name, data: data)
+    monkeypatch.setenv("PAPEROPS_BENCH_MERGE", "1")
+    monkeypatch.setenv("PAPEROPS_BENCH_EXPLAIN_FAMILIES", "tfidf")
+    r = bx.run()
+    assert r["families"] == {"tfidf": {"ratio": 9.0}, "embedding": {"ratio": 4.0}}
+    assert r["notes"] == ["embedding: cap 1,500"] and r["faithfulness_ratio"] == 9.0
