@@ -146,8 +146,11 @@ def test_a_stale_lock_is_broken_and_a_live_one_times_out(store, logged, name, mo
     assert candidate(store, logged, name, 0.90).promoted
 
 
-def test_the_lock_is_released_when_a_decision_fails(store, logged, name, monkeypatch) -> None:
+def test_a_failed_decision_releases_the_lock_and_leaves_nothing_behind(
+    store, logged, name, monkeypatch
+) -> None:
     candidate(store, logged, name, 0.60)
+    before = list_versions(store, name)
 
     def broken(self, *args: Any, **kwargs: Any) -> None:
         raise RuntimeError("registry went away")
@@ -156,6 +159,8 @@ def test_the_lock_is_released_when_a_decision_fails(store, logged, name, monkeyp
     with pytest.raises(RuntimeError, match="went away"):
         candidate(store, logged, name, 0.95)
     monkeypatch.undo()
+    assert list_versions(store, name) == before  # no version left behind
+    assert champion_version(store, name) == "1"
     assert lock_models(store, name) == [name]
     assert [e["version"] for e in history(store, name)] == ["1"]  # the failure left no entry
 
