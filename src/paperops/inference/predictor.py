@@ -34,7 +34,6 @@ from paperops.data.text import model_text
 from paperops.inference.onnx_classifier import OnnxRuntime, read_export_meta
 from paperops.models.base import (
     CALIBRATION_FILE,
-    CROSS_LISTS_DIR,
     EXPORT_FILE,
     NEURAL_FAMILIES,
     SKLEARN_FAMILIES,
@@ -434,9 +433,8 @@ def load_predictor(
 
 
 def _load_head(model_dir: Path, runtime: Runtime) -> CrossListHead | None:
-    """The bundle's cross-list head, sharing the loaded model's vectorizer when it can."""
-    if not (model_dir / CROSS_LISTS_DIR).is_dir():
-        return None
+    """The bundle's cross-list head (None without one), sharing the loaded model's vectorizer
+    when it can."""
     model = getattr(runtime, "model", None)
     return load_cross_lists(model_dir, vectorizer=getattr(model, "vectorizer", None))
 

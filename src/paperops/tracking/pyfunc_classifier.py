@@ -85,16 +85,14 @@ def _texts(model_input: Any) -> list[str]:
 class BundleModel(PythonModel):
     """Top label + calibrated probabilities of any paperops classifier bundle."""
 
+    head: Any = None  # the bundle's CrossListHead, when it has one (set by load_context)
+
     def load_context(self, context: Any) -> None:
 
         bundle_dir = Path(context.artifacts[BUNDLE_ARTIFACT])
         self.classifier = load_classifier(bundle_dir)
         self.temperature = read_temperature(bundle_dir)
-        self.head = (
-            load_cross_lists(bundle_dir, getattr(self.classifier, "vectorizer", None))
-            if has_cross_lists(bundle_dir)
-            else None
-        )
+        self.head = load_cross_lists(bundle_dir, getattr(self.classifier, "vectorizer", None))
 
     # MLflow reads this hint: pd.DataFrame means "no schema from hints" (the logged signature
     # describes the input); a missing or other hint makes MLflow warn on every load.
@@ -104,17 +102,25 @@ class BundleModel(PythonModel):
 
         texts = _texts(model_input)
         labels = list(self.classifier.labels)
-        head = getattr(self, "head", None)  # None: a wrapper loaded before heads existed
+        head = self.head
         if not texts:
             return pd.DataFrame(columns=output_columns(labels, head is not None))
-        probs = softmax(self.classifier.logits(texts), self.temperature)
+        words = None
+        if head is not None and head.shared and hasattr(self.classifier, "logits_with_words"):
+            logits, words = self.classifier.logits_with_words(texts)  # one tokenization for both
+        else:
+            logits = self.classifier.logits(texts)
+        probs = softmax(logits, self.temperature)
         top = probs.argmax(axis=1)
         out = pd.DataFrame(probs, columns=[PROB_PREFIX + lab for lab in labels])
         out.insert(0, "confidence", probs[np.arange(len(texts)), top].astype(np.float64))
         primaries = [labels[i] for i in top]
         out.insert(0, "label", primaries)
         if head is not None:
-            suggested = head.suggest(texts, primaries)
+            head_probs = (
+                head.predict_proba(texts) if words is None else head.predict_proba_features(words)
+            )
+            suggested = head.suggest_from_proba(head_probs, primaries)
             out[CROSS_LISTS_COLUMN] = [
                 " ".join(s.label for s in row if s.label != primary)
                 for row, primary in zip(suggested, primaries, strict=True)
